@@ -1,0 +1,7 @@
+"""Everything, in an order that never publishes a mismatch: base, then (as they land) DNS, PKI,
+ACME, services and DANE.
+"""
+
+from pyinfra import local
+
+local.include("deploys/base.py")

@@ -1,0 +1,180 @@
+"""The lab's hosts, reached as Docker containers (mon1 over SSH, as production hosts are).
+
+A production inventory has the same shape: hosts in groups, each with its ``fqdn`` and its
+pkinfra fields, settings in ``group_data/all.py``. The last line validates all of it before
+pyinfra connects to anything.
+"""
+
+from pathlib import Path
+
+from pkinfra.model import load_or_exit
+
+_here = Path(__file__).resolve().parent
+_lab = _here / ".lab"
+
+dns = [
+    ("@docker/pkinfra-ns1", {"fqdn": "ns1.example.test", "address": "172.29.53.10"}),
+    ("@docker/pkinfra-ns2", {"fqdn": "ns2.example.test", "address": "172.29.53.11"}),
+]
+
+# Lab-only infrastructure: the validating resolver and Pebble (the ACME server).
+lab = [
+    ("@docker/pkinfra-resolver", {"fqdn": "resolver.example.test", "address": "172.29.53.53"}),
+    ("@docker/pkinfra-acme", {"fqdn": "acme.example.test", "address": "172.29.53.14"}),
+]
+
+web = [
+    (
+        "@docker/pkinfra-web1",
+        {
+            "fqdn": "web1.example.test",
+            "address": "172.29.53.20",
+            "records": [
+                {"name": "www.example.test", "type": "CNAME", "value": "web1.example.test."}
+            ],
+            "certificates": [
+                {
+                    "name": "web",
+                    "names": ["web1.example.test", "www.example.test"],
+                    "issuer": "acme",
+                    "challenge": "http-01",
+                    "webroot": "/var/www/acme",
+                },
+            ],
+            "services": [
+                {
+                    "name": "nginx",
+                    "certificate": "web",
+                    "files": [
+                        {"path": "/etc/nginx/tls/web.crt", "content": "fullchain"},
+                        {"path": "/etc/nginx/tls/web.key", "content": "key"},
+                    ],
+                    "notify": {"signal": "HUP", "pidfile": "/run/nginx.pid"},
+                },
+            ],
+            "tlsa": [{"port": 443, "certificate": "web"}],
+        },
+    ),
+]
+
+mail = [
+    (
+        "@docker/pkinfra-mx1",
+        {
+            "fqdn": "mx1.example.test",
+            "address": "172.29.53.25",
+            "records": [{"name": "example.test", "type": "MX", "value": "10 mx1.example.test."}],
+            "certificates": [
+                {
+                    "name": "mail",
+                    "names": ["mx1.example.test", "mail.example.test"],
+                    "issuer": "acme",
+                    "challenge": "dns-01",
+                },
+            ],
+            "services": [
+                {
+                    "name": "postfix",
+                    "certificate": "mail",
+                    "files": [
+                        {"path": "/etc/postfix/tls/mail.crt", "content": "fullchain"},
+                        {"path": "/etc/postfix/tls/mail.key", "content": "key"},
+                    ],
+                    "notify": {"command": "postfix reload"},
+                },
+            ],
+            "tlsa": [{"port": 25, "certificate": "mail"}],
+        },
+    ),
+]
+
+db = [
+    (
+        "@docker/pkinfra-db1",
+        {
+            "fqdn": "db1.example.test",
+            "address": "172.29.53.30",
+            "certificates": [
+                {"name": "postgres", "names": ["db1.example.test"], "issuer": "duckcorp"},
+                {
+                    "name": "backup",
+                    "names": ["db1.backup.example.test"],
+                    "issuer": "duckcorp-backup",
+                    "usages": ["client", "server"],
+                },
+            ],
+            "services": [
+                {
+                    "name": "postgresql",
+                    "certificate": "postgres",
+                    "files": [
+                        {
+                            "path": "/etc/postgresql/tls/server.crt",
+                            "content": "fullchain",
+                            "owner": "postgres",
+                            "group": "postgres",
+                        },
+                        {
+                            "path": "/etc/postgresql/tls/server.key",
+                            "content": "key",
+                            "owner": "postgres",
+                            "group": "postgres",
+                            "mode": "0600",
+                        },
+                        {
+                            "path": "/etc/postgresql/tls/clients.pem",
+                            "content": "ca_bundle",
+                            "ca": "duckcorp-monitoring",
+                            "owner": "postgres",
+                            "group": "postgres",
+                        },
+                        {
+                            "path": "/etc/postgresql/tls/clients.crl",
+                            "content": "crl",
+                            "ca": "duckcorp-monitoring",
+                            "owner": "postgres",
+                            "group": "postgres",
+                        },
+                    ],
+                    "notify": {"signal": "HUP", "pidfile": "/var/run/postgresql/15-main.pid"},
+                },
+            ],
+            "tlsa": [{"port": 5432, "certificate": "postgres"}],
+        },
+    ),
+]
+
+monitoring = [
+    (
+        "mon1.example.test",
+        {
+            "fqdn": "mon1.example.test",
+            "address": "172.29.53.40",
+            "ssh_hostname": "172.29.53.40",
+            "ssh_user": "root",
+            "ssh_key": str(_lab / "ssh" / "id_ed25519"),
+            "ssh_known_hosts_file": str(_lab / "ssh" / "known_hosts"),
+            "ssh_strict_host_key_checking": "yes",
+            "certificates": [
+                {
+                    "name": "monitoring",
+                    "names": ["mon1.monitoring.example.test"],
+                    "issuer": "duckcorp-monitoring",
+                    "usages": ["client"],
+                },
+            ],
+        },
+    ),
+]
+
+_inventory = load_or_exit(
+    __file__,
+    {
+        "dns": dns,
+        "lab": lab,
+        "web": web,
+        "mail": mail,
+        "db": db,
+        "monitoring": monitoring,
+    },
+)

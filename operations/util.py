@@ -1,0 +1,47 @@
+"""Small shell command builders shared by pkinfra's operations and facts."""
+
+from __future__ import annotations
+
+import shlex
+
+# openssl genpkey arguments for each key type of the model (pkinfra.model.KEY_TYPES).
+GENPKEY_ARGS: dict[str, tuple[str, ...]] = {
+    "ec-p256": ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"),
+    "ec-p384": ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"),
+    "rsa-2048": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"),
+    "rsa-3072": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"),
+    "rsa-4096": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"),
+    "ed25519": ("-algorithm", "ED25519"),
+}
+
+
+def q(value: str) -> str:
+    """Quote one shell word."""
+    return shlex.quote(value)
+
+
+def genpkey(path: str, key_type: str, owner: str = "root", group: str = "root") -> str:
+    """Make a private key on the host: umask 077, written beside, then renamed into place.
+
+    The key never exists under its final name half-written or with a wider mode.
+    """
+    tmp = f"{path}.pkinfra-new"
+    args = " ".join(GENPKEY_ARGS[key_type])
+    return (
+        f"(umask 077 && rm -f {q(tmp)} && openssl genpkey {args} -out {q(tmp)} 2>/dev/null"
+        f" && chown {q(owner)}:{q(group)} {q(tmp)} && mv -f {q(tmp)} {q(path)})"
+    )
+
+
+def key_type_from_text_pub(text: str) -> str | None:
+    """Map ``openssl pkey -noout -text_pub`` output to a model key type (None: unknown)."""
+    if "ED25519 Public-Key" in text:
+        return "ed25519"
+    if "prime256v1" in text or "P-256" in text:
+        return "ec-p256"
+    if "secp384r1" in text or "P-384" in text:
+        return "ec-p384"
+    for bits in ("2048", "3072", "4096"):
+        if f"Public-Key: ({bits} bit)" in text and "Modulus" in text:
+            return f"rsa-{bits}"
+    return None

@@ -1,0 +1,107 @@
+"""Operation fixture tests in pyinfra's style: facts in, commands out, no host.
+
+A case is ``tests/operations/<module>.<operation>/<case>.json`` with ``args``/``kwargs`` for the
+operation, ``facts`` keyed ``"<module>.<Fact>"`` (then by ``"arg=value,..."`` for facts with
+arguments), and either the expected ``commands`` (plus ``noop_description`` when the run
+notes one) or ``exception`` (class name and message) for an operation that must refuse.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.command import FunctionCommand, StringCommand
+from pyinfra.context import ctx_host, ctx_state
+
+FIXTURES = Path(__file__).parent
+
+
+@dataclass
+class FakeData:
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class FakeState:
+    """Just enough of pyinfra's State for an operation body to run."""
+
+    print_noop_info = False
+    config = None
+
+
+class FakeHost:
+    """A host whose facts come from a fixture, recording ``noop`` descriptions."""
+
+    def __init__(self, facts: dict[str, Any], data: dict[str, Any], name: str = "fakehost"):
+        self.facts = facts
+        self.data = FakeData(data)
+        self.name = name
+        self.noop_description: str | None = None
+
+    def get_fact(self, cls: type, *args: Any, **kwargs: Any) -> Any:
+        key = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+        if key not in self.facts:
+            raise AssertionError(f"fixture lacks fact {key} (args={args}, kwargs={kwargs})")
+        value = self.facts[key]
+        if not args and not kwargs:
+            return value
+        arg_key = ",".join([*map(str, args), *(f"{k}={v}" for k, v in sorted(kwargs.items()))])
+        if arg_key not in value:
+            raise AssertionError(f"fixture lacks fact {key} for {arg_key!r}")
+        return value[arg_key]
+
+    def noop(self, description: str) -> None:
+        self.noop_description = description
+
+
+def command_text(command: Any) -> str | dict[str, Any]:
+    """How a yielded command appears in a fixture (secrets masked)."""
+    if isinstance(command, str):
+        return command
+    if isinstance(command, StringCommand):
+        return command.get_masked_value()
+    if isinstance(command, FunctionCommand):
+        return {"function": command.function.__name__}
+    return {type(command).__name__: repr(command)}
+
+
+def run_operation(module: str, op_name: str, case: dict[str, Any]) -> tuple[list[Any], FakeHost]:
+    op = getattr(importlib.import_module(f"operations.{module}"), op_name)
+    host = FakeHost(case.get("facts", {}), case.get("data", {}))
+    with ctx_state.use(FakeState()), ctx_host.use(host):
+        commands = [
+            command_text(c) for c in op._inner(*case.get("args", []), **case.get("kwargs", {}))
+        ]
+    return commands, host
+
+
+@dataclass
+class Case:
+    module: str
+    operation: str
+    name: str
+    data: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.module}.{self.operation}/{self.name}"
+
+
+def cases() -> Iterator[Case]:
+    for folder in sorted(p for p in FIXTURES.iterdir() if p.is_dir() and "." in p.name):
+        module, op_name = folder.name.split(".", 1)
+        for path in sorted(folder.glob("*.json")):
+            yield Case(module, op_name, path.stem, json.loads(path.read_text()))

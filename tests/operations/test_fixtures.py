@@ -1,0 +1,34 @@
+"""Runs every operation fixture under tests/operations/ (see harness.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.operations.harness import Case, cases, run_operation
+
+ALL = list(cases())
+
+
+@pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
+def test_operation(case: Case) -> None:
+    expected_exc = case.data.get("exception")
+    if expected_exc:
+        with pytest.raises(Exception) as info:
+            run_operation(case.module, case.operation, case.data)
+        assert type(info.value).__name__ == expected_exc["name"]
+        assert expected_exc["message"] in str(info.value)
+        return
+    commands, host = run_operation(case.module, case.operation, case.data)
+    assert commands == case.data["commands"]
+    assert host.noop_description == case.data.get("noop_description")
+
+
+def test_every_operation_has_an_already_converged_case() -> None:
+    ops = {c.id.split("/")[0] for c in ALL}
+    converged = {
+        c.id.split("/")[0]
+        for c in ALL
+        if not c.data.get("commands") and c.data.get("noop_description")
+    }
+    assert ops, "no operation fixtures found"
+    assert ops == converged, f"operations without an already-converged case: {ops - converged}"
