@@ -1,0 +1,351 @@
+"""The lab's images: a debootstrap base and the one lab image built on top of it.
+
+Docker Hub is not reachable, so the base image is a Debian `minbase` made by `debootstrap` and
+imported as a tar stream. The lab image runs one shell script in a container of the base on the
+default bridge (which reaches Debian's mirror) and commits the result. Each image is tagged with
+a hash of its inputs; an image whose tag exists is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from docker.errors import ImageNotFound, NotFound
+
+from lab.engine import LabError, docker_step, say
+from lab.topology import BASE_REPOSITORY, DOMAIN, LAB_DIR, LAB_REPOSITORY, LABEL_IMAGE
+
+SUITE: Final = "bookworm"
+MIRROR: Final = "http://deb.debian.org/debian"
+SECURITY_MIRROR: Final = "http://deb.debian.org/debian-security"
+VARIANT: Final = "minbase"
+
+#: Every lab container runs the same image with these Debian packages.
+PACKAGES: Final = (
+    "bind9",
+    "bind9-utils",
+    "bind9-dnsutils",
+    "unbound",
+    "unbound-anchor",
+    "pebble",
+    "certbot",
+    "python3-certbot-dns-rfc2136",
+    "python3",
+    "python3-dnspython",
+    "python3-cryptography",
+    "nginx",
+    "postfix",
+    "postgresql",
+    "openssl",
+    "ca-certificates",
+    "procps",
+    "openssh-server",
+    "ldnsutils",
+    "iproute2",
+    "curl",
+    "cron",
+    "ssl-cert",
+)
+
+#: `docker import` changes: an imported tarball has no environment or command of its own.
+BASE_CHANGES: Final = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/bin/bash"]',
+)
+
+#: Left behind by debootstrap but useless in an image (the lab build fetches fresh lists).
+BASE_TIDY: Final = ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*_*")
+
+BUILD_DIR: Final = LAB_DIR / "build"
+LOG_DIR: Final = LAB_DIR / "logs"
+BUILD_CONTAINER: Final = "pkinfra-lab-build"
+
+# Runs in a container of the base image, on the default bridge. Daemons must not start during
+# the build (policy-rc.d), and nothing that must be unique per container may stay in the image:
+# SSH host keys and the snakeoil key are made per container by `lab up` instead.
+_BUILD_SCRIPT: Final = """\
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+cat >/etc/apt/sources.list <<EOF
+deb {mirror} {suite} main
+deb {mirror} {suite}-updates main
+deb {security_mirror} {suite}-security main
+EOF
+printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+debconf-set-selections <<EOF
+postfix postfix/main_mailer_type select Local only
+postfix postfix/mailname string {domain}
+EOF
+apt-get update
+apt-get -y -o Dpkg::Options::=--force-confold upgrade
+apt-get -y -o Dpkg::Options::=--force-confold install --no-install-recommends {packages}
+# The build container's name must not survive into the image: Postfix then uses the running
+# container's host name.
+postconf -X myhostname
+postconf -e 'mydestination = $myhostname, localhost.$mydomain, localhost'
+cat >/etc/ssh/sshd_config.d/pkinfra-lab.conf <<EOF
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+EOF
+rm -f /etc/ssh/ssh_host_*
+rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
+if [ -s /etc/machine-id ]; then : >/etc/machine-id; fi
+rm -f /var/lib/dbus/machine-id
+rm -f /usr/sbin/policy-rc.d
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/cache/debconf/*-old /tmp/*
+echo pkinfra-lab-build-ok
+"""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image: its repository, the hash of its inputs, and the inputs themselves."""
+
+    repository: str
+    inputs: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        """The first 12 hex digits of the SHA-256 of the canonical JSON of the inputs."""
+        canonical = json.dumps(self.inputs, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def tag(self) -> str:
+        """The full image reference, e.g. `pkinfra-lab:0123456789ab`."""
+        return f"{self.repository}:{self.digest}"
+
+
+def debootstrap_command(target: Path) -> list[str]:
+    """The debootstrap command line that makes the base root file system in `target`."""
+    return ["debootstrap", f"--variant={VARIANT}", SUITE, str(target), MIRROR]
+
+
+def build_script() -> str:
+    """The shell script that turns a base container into the lab image."""
+    return _BUILD_SCRIPT.format(
+        mirror=MIRROR,
+        security_mirror=SECURITY_MIRROR,
+        suite=SUITE,
+        domain=DOMAIN,
+        packages=" ".join(PACKAGES),
+    )
+
+
+def lab_commit_config(digest: str) -> dict[str, Any]:
+    """The container config committed into the lab image."""
+    return {"Cmd": ["sleep", "infinity"], "Labels": {LABEL_IMAGE: digest}}
+
+
+def base_spec() -> ImageSpec:
+    """The debootstrap base image."""
+    return ImageSpec(
+        BASE_REPOSITORY,
+        {
+            "suite": SUITE,
+            "mirror": MIRROR,
+            "variant": VARIANT,
+            "command": debootstrap_command(Path("TARGET")),
+            "changes": list(BASE_CHANGES),
+            "tidy": list(BASE_TIDY),
+        },
+    )
+
+
+def lab_spec() -> ImageSpec:
+    """The lab image every container runs; its inputs include the base image's tag."""
+    return ImageSpec(
+        LAB_REPOSITORY,
+        {
+            "base": base_spec().tag,
+            "suite": SUITE,
+            "mirror": MIRROR,
+            "security_mirror": SECURITY_MIRROR,
+            "packages": list(PACKAGES),
+            "script": build_script(),
+            "commit": lab_commit_config("DIGEST"),
+        },
+    )
+
+
+def image_exists(client: Any, tag: str) -> bool:
+    """Whether the engine has an image with this tag."""
+    with docker_step(f"looking up image {tag}"):
+        try:
+            client.images.get(tag)
+        except ImageNotFound:
+            return False
+    return True
+
+
+def ensure_lab_image(client: Any) -> ImageSpec:
+    """Build whatever is missing of base and lab image; return the lab image's spec."""
+    lab = lab_spec()
+    if image_exists(client, lab.tag):
+        return lab
+    base = base_spec()
+    if not image_exists(client, base.tag):
+        build_base_image(client, base)
+    build_lab_image(client, base, lab)
+    return lab
+
+
+def _mounts_below(path: Path) -> list[str]:
+    root = str(path.resolve())
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    except OSError:
+        return []
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
+def _remove_tree(path: Path) -> None:
+    # An interrupted debootstrap can leave /proc or /sys (or a bind of /dev) mounted in its
+    # target, and rmtree crosses mount points: unmount first, and never delete through a mount.
+    if not path.exists():
+        return
+    for point in sorted(_mounts_below(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    if left := _mounts_below(path):
+        raise LabError(f"not deleting {path}: still mounted below it: {', '.join(left)}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def build_base_image(client: Any, spec: ImageSpec) -> None:
+    """Run debootstrap into a scratch directory and import it as `spec.tag`."""
+    if os.geteuid() != 0:
+        raise LabError("building the base image needs root (debootstrap)")
+    if shutil.which("debootstrap") is None:
+        raise LabError("building the base image needs debootstrap (apt-get install debootstrap)")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"base-{spec.digest}.log"
+    work = BUILD_DIR / f"base-{spec.digest}"
+    rootfs = work / "rootfs"
+    _remove_tree(work)
+    rootfs.mkdir(parents=True)
+    say(f"building base image {spec.tag} (debootstrap {SUITE} {VARIANT}, ~30-60 s)...")
+    started = time.monotonic()
+    try:
+        with open(log_path, "wb") as log:
+            result = subprocess.run(
+                debootstrap_command(rootfs), stdout=log, stderr=subprocess.STDOUT, check=False
+            )
+        if result.returncode != 0:
+            raise LabError(
+                f"debootstrap failed (exit {result.returncode}); last lines:\n"
+                f"{_tail(log_path)}\nfull log: {log_path}"
+            )
+        for pattern in BASE_TIDY:
+            for leftover in rootfs.glob(pattern):
+                leftover.unlink()
+        say(f"debootstrap done in {time.monotonic() - started:.0f} s; importing into Docker...")
+        _import_rootfs(client, rootfs, spec)
+    finally:
+        _remove_tree(work)
+    say(f"base image {spec.tag} built in {time.monotonic() - started:.0f} s")
+
+
+def _import_rootfs(client: Any, rootfs: Path, spec: ImageSpec) -> None:
+    command = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+    tar = subprocess.Popen([*command, "-C", str(rootfs), "-cf", "-", "."], stdout=subprocess.PIPE)
+    assert tar.stdout is not None
+    stdout = tar.stdout
+
+    def chunks() -> Iterator[bytes]:
+        while block := stdout.read(1 << 20):
+            yield block
+
+    try:
+        with docker_step(f"importing the base image {spec.tag}"):
+            response = client.api.import_image(
+                src=chunks(),
+                repository=spec.repository,
+                tag=spec.digest,
+                changes=list(BASE_CHANGES),
+                stream_src=True,
+            )
+    finally:
+        stdout.close()
+        returncode = tar.wait()
+    if returncode != 0:
+        raise LabError(f"tar of the base root file system failed (exit {returncode})")
+    for line in str(response).splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("error"):
+            raise LabError(f"importing the base image {spec.tag}: {message['error']}")
+    if not image_exists(client, spec.tag):
+        raise LabError(f"importing the base image {spec.tag}: no image after import")
+
+
+def _remove_build_container(client: Any) -> None:
+    with docker_step(f"removing the build container {BUILD_CONTAINER}"), suppress(NotFound):
+        client.containers.get(BUILD_CONTAINER).remove(force=True)
+
+
+def build_lab_image(client: Any, base: ImageSpec, spec: ImageSpec) -> None:
+    """Install the lab packages in a container of `base` and commit it as `spec.tag`."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"lab-{spec.digest}.log"
+    _remove_build_container(client)
+    say(
+        f"building lab image {spec.tag} (apt-get install of {len(PACKAGES)} packages "
+        "from the Debian mirror, ~1-2 min)..."
+    )
+    started = time.monotonic()
+    try:
+        with docker_step("starting the lab image build container"):
+            container = client.containers.create(
+                base.tag,
+                command=["sh", "-c", build_script()],
+                name=BUILD_CONTAINER,
+                hostname="build.invalid",
+                network_mode="bridge",
+            )
+            container.start()
+        with docker_step("following the lab image build"), open(log_path, "wb") as log:
+            for chunk in container.logs(stream=True, follow=True):
+                log.write(chunk)
+            status = container.wait()
+        code = int(status.get("StatusCode", -1))
+        if code != 0:
+            raise LabError(
+                f"the lab image build failed (exit {code}); last lines:\n"
+                f"{_tail(log_path)}\nfull log: {log_path}"
+            )
+        with docker_step(f"committing the lab image {spec.tag}"):
+            container.commit(
+                repository=spec.repository,
+                tag=spec.digest,
+                conf=lab_commit_config(spec.digest),
+                message=f"pkinfra lab image from {base.tag}",
+            )
+    finally:
+        _remove_build_container(client)
+    say(f"lab image {spec.tag} built in {time.monotonic() - started:.0f} s")

@@ -1,0 +1,85 @@
+"""deploys/site.py against the real lab: every host is reached (mon1 over SSH) and converged."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PYINFRA = Path(sys.executable).parent / "pyinfra"
+HOSTS = [
+    "@docker/pkinfra-ns1",
+    "@docker/pkinfra-ns2",
+    "@docker/pkinfra-resolver",
+    "@docker/pkinfra-acme",
+    "@docker/pkinfra-web1",
+    "@docker/pkinfra-mx1",
+    "@docker/pkinfra-db1",
+    "mon1.example.test",
+]
+
+pytestmark = pytest.mark.lab
+
+
+def pyinfra(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PYINFRA), "-y", "inventory.py", "deploys/site.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def site_run(lab_up: object) -> subprocess.CompletedProcess[str]:
+    return pyinfra()
+
+
+def test_site_reaches_every_lab_host(site_run: subprocess.CompletedProcess[str]) -> None:
+    out = site_run.stdout + site_run.stderr
+    assert site_run.returncode == 0, out
+    for name in HOSTS:
+        assert f"[{name}]" in out and "Ready: deploys/site.py" in out, name
+    # One line per operation in the results table; no host errored.
+    total = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)", out)
+    assert total is not None, out
+    assert total.group(1) == str(len(HOSTS))
+    assert total.group(3) == "-", f"errors: {total.group(3)}"
+
+
+def test_second_run_changes_nothing(site_run: subprocess.CompletedProcess[str]) -> None:
+    again = pyinfra()
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    total = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\d+)", out)
+    assert total is not None, out
+    assert total.group(2) == "-", "a second run changed something"
+    assert total.group(4) == total.group(1)
+
+
+def test_limit_runs_one_host_with_the_whole_inventory_validated(lab_up: object) -> None:
+    # --limit narrows the hosts pyinfra touches, not the model (grants need every host).
+    run = subprocess.run(
+        [
+            str(PYINFRA),
+            "-y",
+            "inventory.py",
+            "deploys/site.py",
+            "--limit",
+            "mon1.example.test",
+            "--dry",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "[mon1.example.test]" in out
+    assert "[@docker/pkinfra-mx1]" not in out
