@@ -1026,3 +1026,13 @@ def active() -> Inventory:
             "pkinfra.model.load_or_exit (see README.md)"
         )
     return _active
+
+
+def load_inventory_file(path: str | Path) -> Inventory:
+    """Load an ``inventory.py`` outside pyinfra (for the ``pkinfra`` command and benchmarks)."""
+    import runpy
+
+    global _active
+    _active = None
+    runpy.run_path(str(path))
+    return active()

@@ -1,0 +1,59 @@
+"""The ``pkinfra`` command: one sub-command group per domain (``ca``, ``dns``, ``dane`` ...).
+
+Each group lives in its own module with ``register(subparsers)``; errors of the core become one
+line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+#: Modules that add a sub-command group; a group whose module is not there yet is left out.
+GROUPS = ("pkinfra.cli_ca", "pkinfra.cli_dns", "pkinfra.cli_dane")
+
+
+class CLIError(Exception):
+    """A problem to report to the user in one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pkinfra", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-i",
+        "--inventory",
+        default="inventory.py",
+        help="the pyinfra inventory that describes the site (default: inventory.py)",
+    )
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    for name in GROUPS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CLIError as exc:
+        print(f"pkinfra: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the core's own errors carry their context
+        if type(exc).__module__.startswith("pkinfra."):
+            print(f"pkinfra: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
