@@ -17,9 +17,11 @@ dns = [
     ("@docker/pkinfra-ns2", {"fqdn": "ns2.example.test", "address": "172.29.53.11"}),
 ]
 
-# Lab-only infrastructure: the validating resolver and Pebble (the ACME server).
-lab = [
+# Lab-only infrastructure: the validating resolver every lab host uses, and Pebble (ACME).
+resolvers = [
     ("@docker/pkinfra-resolver", {"fqdn": "resolver.example.test", "address": "172.29.53.53"}),
+]
+acme_servers = [
     ("@docker/pkinfra-acme", {"fqdn": "acme.example.test", "address": "172.29.53.14"}),
 ]
 
@@ -171,7 +173,8 @@ _inventory = load_or_exit(
     __file__,
     {
         "dns": dns,
-        "lab": lab,
+        "resolvers": resolvers,
+        "acme_servers": acme_servers,
         "web": web,
         "mail": mail,
         "db": db,
