@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Final, Literal, TypeAlias, get_args
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from pkinfra.tlsa import spki_der
 
 KeyType: TypeAlias = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
 KEY_TYPES: Final[tuple[KeyType, ...]] = get_args(KeyType)
@@ -76,13 +78,6 @@ def signature_hash(key_type: str) -> hashes.SHA256 | hashes.SHA384 | None:
     # P-384 pairs with SHA-384 (same security level); everything else with SHA-256, which every
     # TLS stack accepts.
     return hashes.SHA384() if kind == "ec-p384" else hashes.SHA256()
-
-
-def spki_der(public_key: PublicKey) -> bytes:
-    """The DER SubjectPublicKeyInfo of a key (what TLSA "x 1 x" records and pins hash)."""
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def spki_sha256(public_key: PublicKey) -> str:

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from pkinfra import names
+from pkinfra import names, tlsa
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
 ACME = "acme"
@@ -367,7 +367,8 @@ def challenge_owner(name: str) -> str:
 
 
 def tlsa_owner(port: int, proto: str, name: str) -> str:
-    return f"_{port}._{proto}.{name}"
+    """``_<port>._<proto>.<name>``: the owner of a TLSA RRset (RFC 6698)."""
+    return tlsa.owner_name(port, proto, name)
 
 
 def delegation(
