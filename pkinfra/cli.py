@@ -20,7 +20,10 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pkinfra", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pkinfra",
+        description="Private CAs, Let's Encrypt, DNS and DANE for a pyinfra inventory.",
+    )
     parser.add_argument(
         "-i",
         "--inventory",
