@@ -1,0 +1,251 @@
+"""Delivery of certificate files into services, on real files, owners, openssl and processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pkinfra import delivery
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes file owners: needs root")
+
+
+def make_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> dict[str, Any]:
+    src = tmp_path / "src"
+    src.mkdir()
+    key, cert = make_pair(src, "one")
+    out = tmp_path / "svc"
+    marker = tmp_path / "notified"
+    service = {
+        "name": "svc",
+        "certificate": "one",
+        "lineage": "one",
+        "files": [
+            {
+                "path": str(out / "cert.pem"),
+                "content": "fullchain",
+                "sources": [str(cert)],
+                "owner": "nobody",
+                "group": "nogroup",
+                "mode": "0644",
+            },
+            {
+                "path": str(out / "key.pem"),
+                "content": "key",
+                "sources": [str(key)],
+                "owner": "nobody",
+                "group": "nogroup",
+                "mode": "0600",
+            },
+            {
+                "path": str(out / "both.pem"),
+                "content": "combined",
+                "sources": [str(key), str(cert)],
+                "owner": "root",
+                "group": "nogroup",
+                "mode": "0640",
+            },
+        ],
+        "notify": {"command": f"echo x >> {marker}"},
+    }
+    return {
+        "mapping": {"services": [service]},
+        "service": service,
+        "src": src,
+        "out": out,
+        "marker": marker,
+        "key": key,
+        "cert": cert,
+        "state": tmp_path / "state",
+    }
+
+
+def run(site: dict[str, Any], **kw: Any) -> delivery.ServiceResult:
+    [result] = delivery.deliver(site["mapping"], state_dir=site["state"], **kw)
+    return result
+
+
+def notifications(site: dict[str, Any]) -> int:
+    marker: Path = site["marker"]
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+def test_files_get_owner_group_mode_and_one_notification(site: dict[str, Any]) -> None:
+    result = run(site)
+    assert result.error is None and len(result.changed) == 3
+    assert result.notified and notifications(site) == 1
+    for f in site["service"]["files"]:
+        st = Path(f["path"]).stat()
+        assert oct(st.st_mode & 0o777) == oct(int(f["mode"], 8))
+        assert (st.st_uid, st.st_gid) == delivery._ids(f["owner"], f["group"])
+    both = (site["out"] / "both.pem").read_bytes()
+    assert both == site["key"].read_bytes() + site["cert"].read_bytes()
+    assert not list(site["out"].glob(".*pkinfra*"))
+
+    again = run(site)
+    assert again.changed == [] and again.notified is None and notifications(site) == 1
+
+
+def test_plan_changes_nothing(site: dict[str, Any]) -> None:
+    result = run(site, plan=True)
+    assert len(result.changed) == 3
+    assert not site["out"].exists() and notifications(site) == 0
+
+
+def test_mismatched_key_and_certificate_are_refused(site: dict[str, Any]) -> None:
+    other_key, _ = make_pair(site["src"], "two")
+    site["service"]["files"][1]["sources"] = [str(other_key)]
+    result = run(site)
+    assert result.error == "the key does not match the certificate"
+    assert not site["out"].exists() and notifications(site) == 0
+
+
+def test_failed_notification_stays_pending_and_is_retried(site: dict[str, Any]) -> None:
+    site["service"]["notify"] = {"command": "echo 'config broken' >&2; exit 3"}
+    failed = run(site)
+    assert failed.error == "'echo 'config broken' >&2; exit 3' failed (exit 3): config broken"
+    assert (site["out"] / "key.pem").exists(), "the new, valid files stay"
+    assert (site["state"] / "svc").exists()
+
+    site["service"]["notify"] = {"command": f"echo x >> {site['marker']}"}
+    retried = run(site)
+    assert retried.changed == [] and retried.notified and notifications(site) == 1
+    assert not (site["state"] / "svc").exists()
+
+
+@pytest.fixture
+def hup_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    got = tmp_path / "got-hup"
+    proc = subprocess.Popen(
+        ["sh", "-c", f"trap 'echo hup >> {got}' HUP; while :; do sleep 0.05; done"]
+    )
+    pidfile = tmp_path / "svc.pid"
+    pidfile.write_text(f"{proc.pid}\n")
+    yield proc, pidfile, got
+    proc.kill()
+    proc.wait()
+
+
+def wait_for(path: Path) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_signal_goes_to_the_pidfile_process(
+    site: dict[str, Any], hup_process: tuple[subprocess.Popen[bytes], Path, Path]
+) -> None:
+    proc, pidfile, got = hup_process
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
+    result = run(site)
+    assert result.notified == f"SIGHUP to sh (pid {proc.pid})"
+    assert wait_for(got)
+
+
+def test_no_signal_to_a_process_it_does_not_own(
+    site: dict[str, Any], hup_process: tuple[subprocess.Popen[bytes], Path, Path]
+) -> None:
+    proc, pidfile, got = hup_process
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "nginx"}
+    result = run(site)
+    assert result.error is not None and f"names pid {proc.pid} (sh), not 'nginx'" in result.error
+    assert proc.poll() is None and not got.exists()
+    assert (site["state"] / "svc").exists(), "still pending for the next run"
+
+
+def test_stale_or_missing_pidfile(site: dict[str, Any], tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pidfile = tmp_path / "stale.pid"
+    pidfile.write_text(f"{dead.pid}\n")
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "svc"}
+    assert "stale pidfile" in (run(site).error or "")
+    pidfile.unlink()
+    assert "missing or unreadable; no signal sent" in (run(site).error or "")
+
+
+def test_key_change_waits_for_the_gate(site: dict[str, Any]) -> None:
+    assert run(site).notified
+    new_key, new_cert = make_pair(site["src"], "next")
+    site["service"]["files"][0]["sources"] = [str(new_cert)]
+    site["service"]["files"][1]["sources"] = [str(new_key)]
+    site["service"]["files"][2]["sources"] = [str(new_key), str(new_cert)]
+    site["service"]["gate"] = "echo 'TLSA for the next key not yet served by ns2'; exit 1"
+    held = run(site)
+    assert held.held == "TLSA for the next key not yet served by ns2"
+    assert (site["out"] / "key.pem").read_bytes() == site["key"].read_bytes()
+    site["service"]["gate"] = "true"
+    assert run(site).notified and (site["out"] / "key.pem").read_bytes() == new_key.read_bytes()
+
+
+def test_interrupted_write_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "key.pem"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+
+    def boom(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", boom)
+    with pytest.raises(OSError):
+        delivery.write_atomic(target, b"new", 0, 0, 0o600)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["key.pem"]
+
+
+def test_hook_for_an_unknown_lineage_does_nothing(
+    site: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mapping = tmp_path / "services.json"
+    mapping.write_text(json.dumps(site["mapping"]))
+    code = delivery.main(
+        ["--mapping", str(mapping), "--lineage", "nope", "--state-dir", str(site["state"])]
+    )
+    assert code == 0
+    assert "no service uses lineage 'nope'; nothing to do" in capsys.readouterr().out
+    assert not site["out"].exists()
+    code = delivery.main(
+        ["--mapping", str(mapping), "--lineage", "one", "--state-dir", str(site["state"])]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["services"][0]["notified"]
