@@ -140,18 +140,37 @@ def _pending_path(state_dir: Path, service: str) -> Path:
     return state_dir / service
 
 
+def _running(process: str) -> list[int]:
+    """PIDs of processes whose name is ``process`` (the kernel keeps 15 characters)."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == process[:15]:
+                found.append(int(comm.parent.name))
+        except OSError:
+            continue
+    return sorted(found)
+
+
 def notify(service: dict[str, Any]) -> str:
     """Tell the service; returns what was done. Raises with the command's output on failure."""
     how = service.get("notify") or {}
     if how.get("signal"):
         pidfile = Path(how["pidfile"])
+        expected = how.get("process") or service["name"]
         try:
             pid = int(pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+        except FileNotFoundError:
+            running = _running(expected)
+            if not running:
+                # Not started yet: it reads the new files when it starts.
+                return f"{expected} is not running; nothing to signal"
             raise DeliveryError(
-                f"pidfile {pidfile} is missing or unreadable; no signal sent"
+                f"pidfile {pidfile} is missing but {expected} runs (pid "
+                f"{', '.join(map(str, running))}): wrong pidfile? no signal sent"
             ) from None
-        expected = how.get("process") or service["name"]
+        except (OSError, ValueError, IndexError):
+            raise DeliveryError(f"pidfile {pidfile} is unreadable; no signal sent") from None
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:

@@ -191,15 +191,35 @@ def test_no_signal_to_a_process_it_does_not_own(
     assert (site["state"] / "svc").exists(), "still pending for the next run"
 
 
-def test_stale_or_missing_pidfile(site: dict[str, Any], tmp_path: Path) -> None:
+def test_stale_or_missing_pidfile(
+    site: dict[str, Any], tmp_path: Path, hup_process: tuple[subprocess.Popen[bytes], Path, Path]
+) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     pidfile = tmp_path / "stale.pid"
     pidfile.write_text(f"{dead.pid}\n")
     site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "svc"}
     assert "stale pidfile" in (run(site).error or "")
+    # Missing while such a process runs: the pidfile path is wrong; nothing is signalled.
     pidfile.unlink()
-    assert "missing or unreadable; no signal sent" in (run(site).error or "")
+    proc, _, got = hup_process
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
+    error = run(site).error or ""
+    assert "is missing but sh runs" in error and "no signal sent" in error
+    assert proc.poll() is None and not got.exists()
+
+
+def test_service_not_started_yet_is_not_an_error(site: dict[str, Any], tmp_path: Path) -> None:
+    name = "pkinfra-nosuch"
+    site["service"]["notify"] = {
+        "signal": "HUP",
+        "pidfile": str(tmp_path / "x.pid"),
+        "process": name,
+    }
+    result = run(site)
+    assert result.error is None
+    assert result.notified == f"{name} is not running; nothing to signal"
+    assert not (site["state"] / "svc").exists()
 
 
 def test_key_change_waits_for_the_gate(site: dict[str, Any]) -> None:
