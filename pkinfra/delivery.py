@@ -24,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,19 +187,25 @@ def notify(service: dict[str, Any]) -> str:
         return f"SIG{how['signal']} to {expected} (pid {pid})"
     command = how.get("command") or how.get("restart")
     if command:
-        run = subprocess.run(
-            ["sh", "-c", command],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        if run.returncode != 0:
-            output = (run.stderr or run.stdout).strip().splitlines()
+        # Output goes to a file, not a pipe: a restarted daemon that inherits it must not keep
+        # this call (and pyinfra's docker exec or SSH channel) waiting for end-of-file.
+        with tempfile.TemporaryFile() as out:
+            try:
+                code = subprocess.run(
+                    ["sh", "-c", command],
+                    stdout=out,
+                    stderr=out,
+                    stdin=subprocess.DEVNULL,
+                    timeout=120,
+                    check=False,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                raise DeliveryError(f"'{command}' did not finish within 120 s") from None
+            out.seek(0)
+            output = out.read().decode(errors="replace").strip().splitlines()
+        if code != 0:
             raise DeliveryError(
-                f"'{command}' failed (exit {run.returncode}): "
-                f"{output[-1] if output else 'no output'}"
+                f"'{command}' failed (exit {code}): {output[-1] if output else 'no output'}"
             )
         return f"ran '{command}'"
     return "nothing to notify"

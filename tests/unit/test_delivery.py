@@ -269,3 +269,12 @@ def test_hook_for_an_unknown_lineage_does_nothing(
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["services"][0]["notified"]
+
+
+def test_a_restart_that_leaves_a_daemon_behind_does_not_hang(site: dict[str, Any]) -> None:
+    # The daemon inherits the command's output: with pipes, the call would wait for it to exit.
+    site["service"]["notify"] = {"restart": "sleep 30 & echo restarted"}
+    start = time.monotonic()
+    result = run(site)
+    assert result.notified == "ran 'sleep 30 & echo restarted'"
+    assert time.monotonic() - start < 20
