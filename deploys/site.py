@@ -5,3 +5,5 @@ ACME, services and DANE.
 from pyinfra import local
 
 local.include("deploys/base.py")
+# DNS master and secondaries; it includes the lab resolver itself (after named runs).
+local.include("deploys/dns.py")

@@ -1,0 +1,341 @@
+"""Operations for the DNS servers and the lab resolver: TSIG key files, BIND, unbound.
+
+Everything they install is rendered on the controller (``pkinfra.zones``, ``pkinfra.tsig``);
+these operations compare, stage beside, check with BIND's (or unbound's) own checker, rename into
+place and reload - never restart. A file that fails the check is never installed, the running
+server keeps its configuration, and the checker's message is shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+from pyinfra.api.command import FileUploadCommand
+from typing_extensions import override
+
+from operations.facts import DirectoryFiles, FileDigest, ProcessId, ZoneHeader
+from operations.util import q
+from pkinfra.zones import next_serial
+
+STAGED = ".pkinfra-new"
+CHECKED = ".pkinfra-check"
+NAMED_START = "/etc/init.d/named start >/var/log/pkinfra-named-start.log 2>&1"
+NAMED_LOG = "/var/log/pkinfra-named-start.log"
+UNBOUND_PID = "/run/unbound.pid"
+
+
+class _Text(StringIO):
+    """Text to upload; its repr names its hash, not an object address (stable in fixtures)."""
+
+    @override
+    def __repr__(self) -> str:
+        return f"<text sha256:{_sha256(self.getvalue())[:16]}>"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _install(staged: str, path: str, owner: str, group: str, mode: str) -> str:
+    return (
+        f"chown {q(owner)}:{q(group)} {q(staged)} && chmod {mode} {q(staged)}"
+        f" && mv -f {q(staged)} {q(path)}"
+    )
+
+
+def _refuse(checker: str, what: str, staged: list[str]) -> str:
+    """Shell that runs ``checker``; on failure shows its output, removes ``staged``, fails."""
+    cleanup = " ".join(q(p) for p in staged)
+    return (
+        f'out=$({checker} 2>&1) || {{ echo "pkinfra: {what} failed the check; nothing was'
+        f' installed, the running server is unchanged:" >&2; echo "$out" >&2;'
+        f" rm -f {cleanup}; exit 1; }}"
+    )
+
+
+@operation()
+def secret_file(src: str, path: str, owner: str = "root", group: str = "root", mode: str = "0600"):
+    """
+    Ensure a secret file (a TSIG key) is on the host, uploaded only when its SHA-256 differs.
+
+    + src: the file on the controller
+    + path: where it goes on the host
+    + owner, group, mode: of the installed file
+
+    The content never goes through a diffing upload, a command line or a fact: the upload is a
+    plain file transfer to a 0600 file beside the target, then a rename.
+
+    **Example:**
+
+    .. code:: python
+
+        dns.secret_file(src="pki/secrets/mx1.example.test.key", path="/etc/pkinfra/tsig.key")
+    """
+    if int(mode, 8) & 0o007:
+        raise OperationError(f"secret {path}: mode {mode} would make it readable by others")
+    try:
+        wanted = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise OperationError(f"secret {path}: cannot read {src}: {exc.strerror}") from None
+    info = host.get_fact(FileDigest, path=path)
+    if info is False:
+        raise OperationError(f"secret {path}: exists but is not a regular file; not touching it")
+    if isinstance(info, dict) and info["sha256"] == wanted:
+        changed = False
+        if (info["owner"], info["group"]) != (owner, group):
+            yield f"chown {q(owner)}:{q(group)} {q(path)}"
+            changed = True
+        if info["mode"] != mode.rjust(4, "0"):
+            yield f"chmod {mode} {q(path)}"
+            changed = True
+        if not changed:
+            host.noop(f"secret {path} is current ({mode} {owner}:{group})")
+        return
+    staged = path + STAGED
+    # The empty 0600 file first: uploads that keep an existing file's mode never widen it.
+    yield f"(umask 077 && rm -f {q(staged)} && : > {q(staged)})"
+    yield FileUploadCommand(src, staged)
+    yield _install(staged, path, owner, group, mode)
+
+
+@operation()
+def stale_files(directory: str, keep: list[str], suffix: str = ".key"):
+    """
+    Remove the files ending in ``suffix`` from ``directory`` that are not in ``keep``.
+
+    + directory: e.g. the primary's TSIG key directory
+    + keep: file names that stay (everything the inventory still has)
+    + suffix: only such files are considered
+
+    **Example:**
+
+    .. code:: python
+
+        dns.stale_files(directory="/etc/bind/pkinfra/keys", keep=["mx1.example.test.key"])
+    """
+    present = host.get_fact(DirectoryFiles, directory=directory) or []
+    stale = sorted(n for n in present if n.endswith(suffix) and n not in keep)
+    if not stale:
+        host.noop(f"{directory}: no stale {suffix} files")
+        return
+    yield "rm -f " + " ".join(q(f"{directory}/{name}") for name in stale)
+
+
+@operation()
+def named(
+    config: dict[str, str],
+    zones: list[dict[str, Any]] | None = None,
+    check_conf: str = "/etc/bind/pkinfra/check.conf",
+    now: int | None = None,
+):
+    """
+    Ensure BIND runs with this configuration and these zone files; reload only what changed.
+
+    + config: path -> content of the configuration pieces (``named.conf.options``, ``.local``)
+    + zones: zone files as ``pkinfra.zones.ZoneFile`` fields (``zone``, ``path``, ``text`` with
+      ``@SERIAL@``, ``content``, ``dynamic``, ``include_path``, ``include_text``)
+    + check_conf: where the configuration check's own named.conf is written
+    + now: the clock for new serials (tests)
+
+    A static zone's file is rewritten when its content hash changed, with a serial above the
+    last; a dynamic zone's file only when it is absent. Everything new is written beside
+    (``.pkinfra-new``) and checked (``named-checkconf``, ``named-checkzone -k fail``) before
+    anything is renamed into place; then ``rndc reconfig`` for configuration, ``rndc reload
+    <zone>`` for changed zones, or a start when named is not running.
+
+    **Example:**
+
+    .. code:: python
+
+        site = pkinfra.zones.render_site(inventory())
+        dns.named(config=site.primary.config, zones=[asdict(z) for z in site.primary.zones])
+    """
+    zones = zones or []
+    clock = int(time.time()) if now is None else now
+    pid = host.get_fact(ProcessId, program="named")
+
+    changed_config: list[str] = []
+    for path, text in config.items():
+        info = host.get_fact(FileDigest, path=path)
+        if info is False:
+            raise OperationError(f"named: {path} exists but is not a regular file")
+        if not isinstance(info, dict) or info["sha256"] != _sha256(text):
+            changed_config.append(path)
+
+    changed_zones: list[tuple[dict[str, Any], int, bool]] = []
+    for zone in zones:
+        header = host.get_fact(ZoneHeader, path=zone["path"])
+        if header is None:
+            changed_zones.append((zone, next_serial(None, clock), True))
+        elif not zone.get("dynamic") and header["content"] != zone["content"]:
+            changed_zones.append((zone, next_serial(header["serial"], clock), False))
+
+    if not changed_config and not changed_zones:
+        if pid is None:
+            yield f"{NAMED_START} || {{ cat {NAMED_LOG} >&2; exit 1; }}"
+            yield _wait_rndc()
+            return
+        host.noop(f"named (pid {pid}): configuration and {len(zones)} zones are current")
+        return
+
+    staged: list[str] = []
+    for path in changed_config:
+        staged.append(path + STAGED)
+        yield FileUploadCommand(_Text(config[path]), path + STAGED)
+    for zone, serial, _new in changed_zones:
+        staged.append(zone["path"] + STAGED)
+        yield FileUploadCommand(_Text(zone["text"].replace("@SERIAL@", str(serial))), staged[-1])
+        if zone.get("include_path"):
+            staged.append(zone["include_path"] + STAGED)
+            yield FileUploadCommand(_Text(zone.get("include_text", "")), staged[-1])
+
+    if changed_config:
+        includes = "".join(
+            f'include "{path + STAGED if path in changed_config else path}";\\n' for path in config
+        )
+        yield f"printf '{includes}' > {q(check_conf)}"
+        yield _refuse(f"named-checkconf {q(check_conf)}", "the new BIND configuration", staged)
+    for zone, _serial, _new in changed_zones:
+        new = zone["path"] + STAGED
+        checked = zone["path"] + CHECKED
+        if zone.get("include_path"):
+            # The check sees the new include file in place of the $INCLUDE of the old one.
+            include_new = zone["include_path"] + STAGED
+            yield f"sed -e '/^\\$INCLUDE /{{r {include_new}' -e 'd;}}' {q(new)} > {q(checked)}"
+        else:
+            yield f"cp {q(new)} {q(checked)}"
+        yield _refuse(
+            f"named-checkzone -k fail {q(zone['zone'])} {q(checked)}",
+            f"zone {zone['zone']}",
+            [*staged, checked],
+        )
+        yield f"rm -f {q(checked)}"
+
+    for path in changed_config:
+        yield _install(path + STAGED, path, "root", "bind", "0644")
+    for zone, _serial, _new in changed_zones:
+        if zone.get("include_path"):
+            yield _install(
+                zone["include_path"] + STAGED, zone["include_path"], "root", "bind", "0644"
+            )
+        yield _install(zone["path"] + STAGED, zone["path"], "bind", "bind", "0644")
+
+    if pid is None:
+        yield f"{NAMED_START} || {{ cat {NAMED_LOG} >&2; exit 1; }}"
+        yield _wait_rndc()
+        return
+    if changed_config:
+        yield "rndc reconfig"
+    for zone, _serial, new in changed_zones:
+        # reconfig loads a zone that is new to the configuration; a dynamic zone is named's
+        # own (a reload would refuse it, and its file was only written because it was absent).
+        if not zone.get("dynamic") and not (new and changed_config):
+            yield f"rndc reload {q(zone['zone'])}"
+
+
+def _wait_rndc() -> str:
+    # named answers rndc once it has loaded its configuration; bounded, no endless wait.
+    return (
+        "for i in $(seq 1 100); do rndc status >/dev/null 2>&1 && exit 0; sleep 0.1; done;"
+        f" echo 'pkinfra: named did not start within 10 s:' >&2; tail -n 20 {NAMED_LOG} >&2; exit 1"
+    )
+
+
+ANCHOR_AWK = (
+    'awk -v z="$z" \'$1==257 {k=""; for (i=4; i<=NF; i++) k=k $i;'
+    ' print "trust-anchor: \\"" z ". DNSKEY 257 " $2 " " $3 " " k "\\""}\''
+)
+
+
+@operation()
+def unbound(
+    config: str,
+    anchors: str | None,
+    path: str = "/etc/unbound/unbound.conf",
+    anchors_path: str = "/etc/unbound/pkinfra-anchors.conf",
+    primary: str = "",
+    signed_zones: list[str] | None = None,
+):
+    """
+    Ensure unbound runs with this configuration and these trust anchors; reload on change.
+
+    + config: unbound.conf, which ``include:``s ``anchors_path`` inside its ``server:`` clause
+    + anchors: the ``trust-anchor:`` lines, or None when the controller could not read the
+      zones' keys (the primary is not serving yet in this run): then the host reads them from
+      ``primary`` with ``dig`` after the DNS deploy has started it, for ``signed_zones``
+    + path, anchors_path: where both go
+
+    Checked with ``unbound-checkconf`` before anything is installed; a change reloads unbound
+    (SIGHUP), and unbound is started when it is not running.
+
+    **Example:**
+
+    .. code:: python
+
+        dns.unbound(config=render_unbound(inv, anchors), anchors="".join(...))
+    """
+    if anchors is None and not (primary and signed_zones):
+        raise OperationError("unbound: without anchors, give the primary and the signed zones")
+    pid = host.get_fact(ProcessId, program="unbound")
+    conf_info = host.get_fact(FileDigest, path=path)
+    anchors_info = host.get_fact(FileDigest, path=anchors_path)
+    conf_changed = not isinstance(conf_info, dict) or conf_info["sha256"] != _sha256(config)
+    anchors_changed = anchors is not None and (
+        not isinstance(anchors_info, dict) or anchors_info["sha256"] != _sha256(anchors)
+    )
+    if anchors is not None and not conf_changed and not anchors_changed:
+        if pid is not None:
+            host.noop(f"unbound (pid {pid}): configuration and trust anchors are current")
+            return
+        yield f"unbound -c {q(path)} >/dev/null 2>&1"
+        return
+
+    new_conf, new_anchors, check = path + STAGED, anchors_path + STAGED, path + CHECKED
+    yield FileUploadCommand(_Text(config), new_conf)
+    if anchors is not None:
+        yield FileUploadCommand(_Text(anchors), new_anchors)
+    else:
+        zones = " ".join(q(z) for z in signed_zones or [])
+        yield (
+            f": > {q(new_anchors)}; for try in $(seq 1 40); do ok=1; : > {q(new_anchors)};"
+            f" for z in {zones}; do"
+            f' one=$(dig +short +norec +time=1 +tries=1 @{q(primary)} DNSKEY "$z" | {ANCHOR_AWK});'
+            f' [ -n "$one" ] || ok=0; echo "$one" >> {q(new_anchors)}; done;'
+            f' [ "$ok" = 1 ] && break; sleep 0.25; done;'
+            f' [ "$ok" = 1 ] || {{ echo "pkinfra: {primary} serves no DNSKEY for every signed zone'
+            f' ({" ".join(signed_zones or [])}) after 10 s" >&2; exit 1; }};'
+            f" LC_ALL=C sort -o {q(new_anchors)} {q(new_anchors)}"
+        )
+    yield f'sed \'s#"{anchors_path}"#"{new_anchors}"#\' {q(new_conf)} > {q(check)}'
+    yield _refuse(
+        f"unbound-checkconf {q(check)}",
+        "the new unbound configuration",
+        [new_conf, new_anchors, check],
+    )
+    yield f"rm -f {q(check)}"
+    reload = (
+        f"if [ -f {UNBOUND_PID} ] && kill -0 $(cat {UNBOUND_PID}) 2>/dev/null;"
+        f" then kill -HUP $(cat {UNBOUND_PID});"
+        f" else unbound -c {q(path)} >/dev/null 2>&1; fi"
+    )
+    install = (
+        f"{_install(new_conf, path, 'root', 'root', '0644')}"
+        f" && {_install(new_anchors, anchors_path, 'root', 'root', '0644')}"
+    )
+    if anchors is None and not conf_changed:
+        # Known only now: install and reload only if the keys differ from the installed ones.
+        start = "" if pid else f"unbound -c {q(path)} >/dev/null 2>&1;"
+        yield (
+            f"if cmp -s {q(new_anchors)} {q(anchors_path)};"
+            f" then rm -f {q(new_conf)} {q(new_anchors)}; {start}"
+            f" else {install} && {{ {reload}; }}; fi"
+        )
+        return
+    yield install
+    yield reload

@@ -1,0 +1,459 @@
+"""BIND configuration, zone files and the lab resolver's configuration, rendered from the model.
+
+Owns what the DNS servers hold: ``named.conf.options`` and ``named.conf.local`` of the primary
+and each secondary, the main zones (SOA, NS, host addresses, static records, the CNAMEs of every
+delegation, an ``$INCLUDE`` of the TLSA records of CA-issued certificates), the shadow zone's
+initial file, and unbound's configuration with the zones' trust anchors. Everything comes from the
+WHOLE inventory: a deploy limited to one host renders exactly what a full one would.
+
+Zone files carry a header line ``; pkinfra-zone serial=N content=SHA256``: ``content`` hashes the
+zone without its serial (include file included), so a deploy bumps the serial only when that hash
+changes (``next_serial``). Secrets never pass through here: the configuration only ``include``s
+the key files (``pkinfra.tsig``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import jinja2
+
+from pkinfra import tsig
+from pkinfra.model import Inventory, zone_of
+
+SERIAL = "@SERIAL@"
+_CONTENT = "@CONTENT@"
+HEADER = "; pkinfra-zone "
+TEMPLATES = Path(__file__).parent / "templates"
+
+#: Rate limits of notifies and refresh queries: BIND releases them in ticks (default 20/s: up to
+#: ~0.8 s of delay between two changes); 1000/s makes the tick 10 ms (see bench_dnsupdate).
+QUERY_RATE = 1000
+
+# SOA timers. Secondaries learn of changes by NOTIFY; refresh is the fallback.
+MAIN_SOA = {"refresh": 3600, "retry": 600, "expire": 1209600, "minimum": 300}
+SHADOW_SOA = {"refresh": 300, "retry": 60, "expire": 1209600}
+
+
+class ZoneError(ValueError):
+    """The inventory cannot be rendered into zones; the text names the host, zone and name."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live on the DNS servers (Debian's bind9 layout by default)."""
+
+    options_file: str = "/etc/bind/named.conf.options"
+    local_file: str = "/etc/bind/named.conf.local"
+    key_dir: str = "/etc/bind/pkinfra/keys"
+    #: Zone files must be where the ``bind`` user can write (inline signing, journals).
+    zone_dir: str = "/var/lib/bind/pkinfra"
+    dnssec_key_dir: str = "/var/lib/bind/pkinfra/keys"
+    working_dir: str = "/var/cache/bind"
+    port: int = 53
+    listen: str = "any"
+    #: Lets a test run the rendered config as an unprivileged, foreground named.
+    extra_options: tuple[str, ...] = ()
+
+    def key_file(self, name: str) -> str:
+        return f"{self.key_dir}/{name}.key"
+
+    def zone_file(self, zone: str) -> str:
+        return f"{self.zone_dir}/{zone}.db"
+
+    def tlsa_file(self, zone: str) -> str:
+        return f"{self.zone_dir}/{zone}.tlsa"
+
+
+@dataclass(frozen=True)
+class IncludedTLSA:
+    """A TLSA record of a CA-issued certificate, for the include file of its main zone."""
+
+    owner: str
+    value: str
+
+
+@dataclass(frozen=True)
+class ZoneFile:
+    """One zone file to install on the primary.
+
+    ``text`` still holds the ``@SERIAL@`` placeholder (``render``); ``content`` is the hash that
+    decides whether the installed file is current. A ``dynamic`` zone's file is written only
+    when absent: afterwards RFC 2136 updates own it.
+    """
+
+    zone: str
+    path: str
+    text: str
+    content: str
+    dynamic: bool = False
+    include_path: str | None = None
+    include_text: str = ""
+
+    def render(self, serial: int) -> str:
+        return self.text.replace(SERIAL, str(serial))
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """What one BIND server holds: config pieces, zone files (primary only), TSIG key names."""
+
+    fqdn: str
+    role: str
+    config: dict[str, str]
+    zones: list[ZoneFile]
+    keys: list[str]
+
+
+@dataclass(frozen=True)
+class Site:
+    """The whole DNS site rendered from an inventory."""
+
+    primary: ServerFiles
+    secondaries: dict[str, ServerFiles]
+    #: Hosts that hold a key of their own (those with at least one delegation).
+    host_keys: list[str]
+    #: Zones whose DNSKEYs the resolver must trust (the signed ones).
+    signed_zones: list[str]
+    #: Every zone the servers serve: main zones, then the shadow zone.
+    all_zones: list[str]
+
+    def server(self, fqdn: str) -> ServerFiles | None:
+        if fqdn == self.primary.fqdn:
+            return self.primary
+        return self.secondaries.get(fqdn)
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _render(template: str, **context: object) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def next_serial(previous: int | None, now: int) -> int:
+    """The serial of a changed zone: Unix time, or one more than before if that is larger.
+
+    Unix time keeps serials growing across a recreated primary too, so secondaries that still
+    hold an old copy take the new one. Wraps per RFC 1982 only in 2106.
+    """
+    if previous is None:
+        return now
+    return max(previous + 1, now) % 2**32
+
+
+def content_hash(text: str, include_text: str = "") -> str:
+    """The hash of a zone without its serial (and of its include file)."""
+    digest = hashlib.sha256(text.encode())
+    digest.update(b"\0")
+    digest.update(include_text.encode())
+    return digest.hexdigest()
+
+
+def parse_header(line: str) -> tuple[int | None, str | None]:
+    """(serial, content) from a zone file's ``; pkinfra-zone`` line; (None, None) if absent."""
+    if not line.startswith(HEADER):
+        return None, None
+    fields = dict(part.split("=", 1) for part in line[len(HEADER) :].split() if "=" in part)
+    serial = fields.get("serial", "")
+    return (int(serial) if serial.isdigit() else None), fields.get("content")
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Row:
+    owner: str
+    type: str
+    value: str
+    ttl: int | None = None
+    why: str = ""
+
+
+def _txt(value: str) -> str:
+    if value.startswith('"'):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_value(row: _Row, zone: str) -> None:
+    try:
+        dns.rdata.from_text(
+            dns.rdataclass.IN,
+            dns.rdatatype.from_text(row.type),
+            row.value,
+            origin=dns.name.from_text(zone),
+        )
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise ZoneError(f"{row.why}: {row.type} value {row.value!r} is invalid: {exc}") from None
+
+
+def _zone_rows(inventory: Inventory, zone: str, zones: Sequence[str]) -> list[_Row]:
+    rows: list[_Row] = []
+    for spec in inventory.hosts.values():
+        if spec.address is not None and zone_of(spec.fqdn, zones) == zone:
+            kind = "A" if spec.address.version == 4 else "AAAA"
+            rows.append(_Row(spec.fqdn, kind, str(spec.address), why=f"{spec.fqdn}: address"))
+        for i, rec in enumerate(spec.records):
+            if zone_of(rec.name, zones) != zone:
+                continue
+            value = _txt(rec.value) if rec.type == "TXT" else rec.value
+            row = _Row(rec.name, rec.type, value, rec.ttl, f"{spec.fqdn}: records[{i}]")
+            _check_value(row, zone)
+            rows.append(row)
+        for d in inventory.delegations(spec):
+            if d.zone == zone:
+                rows.append(_Row(d.owner, "CNAME", f"{d.target}.", why=f"{spec.fqdn}: {d.rdtype}"))
+    unique: dict[tuple[str, str, str], _Row] = {}
+    for row in rows:
+        unique.setdefault((row.owner, row.type, row.value), row)
+    rows = sorted(unique.values(), key=lambda r: (r.owner.split(".")[::-1], r.type, r.value))
+    _check_conflicts(rows, zone)
+    return rows
+
+
+def _check_conflicts(rows: list[_Row], zone: str) -> None:
+    by_owner: dict[str, list[_Row]] = {}
+    for row in rows:
+        by_owner.setdefault(row.owner, []).append(row)
+    for owner, group in by_owner.items():
+        cnames = [r for r in group if r.type == "CNAME"]
+        if cnames and (len(group) > 1 or owner == zone):
+            whose = "; ".join(f"{r.why} ({r.type})" for r in group)
+            raise ZoneError(f"zone {zone}: {owner} has a CNAME and other data: {whose}")
+
+
+def tlsa_include(records: Iterable[IncludedTLSA], zone: str, ttl: int) -> str:
+    lines = [
+        "; TLSA records of CA-issued certificates (pkinfra); absolute names.\n",
+    ]
+    for rec in sorted(set(records), key=lambda r: (r.owner, r.value)):
+        lines.append(f"{rec.owner}.\t{ttl}\tIN\tTLSA\t{rec.value}\n")
+    return "".join(lines)
+
+
+# -- the site -----------------------------------------------------------------------------------
+
+
+def render_site(
+    inventory: Inventory,
+    tlsa: Iterable[IncludedTLSA] = (),
+    layout: Layout | None = None,
+) -> Site:
+    """Render every DNS server's files from the whole inventory.
+
+    + tlsa: TLSA records of CA-issued certificates, each put into its main zone's include file
+    + layout: paths and listen options (tests run the result as a throw-away named)
+    """
+    layout = layout or Layout()
+    settings = inventory.settings
+    zones = inventory.zone_names
+    shadow = settings.shadow_zone
+    primary = inventory.hosts[settings.dns.primary]
+    secondaries = [inventory.hosts[s] for s in settings.dns.secondaries]
+    for server in secondaries:
+        if server.address is None:
+            raise ZoneError(f"{server.fqdn}: a secondary needs an 'address' (for also-notify)")
+    if primary.address is None:
+        raise ZoneError(f"{primary.fqdn}: the primary needs an 'address' (for its secondaries)")
+    nameservers = [primary.fqdn, *[s.fqdn for s in secondaries]]
+
+    by_zone: dict[str, list[IncludedTLSA]] = {z: [] for z in zones}
+    for rec in tlsa:
+        found = zone_of(rec.owner, zones)
+        if found is None:
+            raise ZoneError(f"TLSA {rec.owner}: outside every managed zone ({', '.join(zones)})")
+        by_zone[found].append(rec)
+
+    delegations = inventory.all_delegations()
+    host_keys = sorted({d.key_name for d in delegations})
+    grants = sorted({d.grant for d in delegations})
+
+    zone_files: list[ZoneFile] = []
+    for z in settings.zones:
+        rows = _zone_rows(inventory, z.name, zones)
+        include_path = layout.tlsa_file(z.name)
+        include_text = tlsa_include(by_zone[z.name], z.name, z.tlsa_ttl)
+        text = _render(
+            "zone.db.j2",
+            zone=z.name,
+            ttl=z.ttl,
+            mname=primary.fqdn,
+            soa=MAIN_SOA,
+            serial=SERIAL,
+            content=_CONTENT,
+            nameservers=nameservers,
+            rows=rows,
+            include_path=include_path,
+        )
+        digest = content_hash(text, include_text)
+        zone_files.append(
+            ZoneFile(
+                zone=z.name,
+                path=layout.zone_file(z.name),
+                text=text.replace(_CONTENT, digest),
+                content=digest,
+                include_path=include_path,
+                include_text=include_text,
+            )
+        )
+    shadow_text = _render(
+        "shadow.db.j2",
+        zone=shadow.name,
+        ttl=shadow.tlsa_ttl,
+        mname=primary.fqdn,
+        soa={**SHADOW_SOA, "minimum": shadow.negative_ttl},
+        negative_ttl=shadow.negative_ttl,
+        serial=SERIAL,
+        content=_CONTENT,
+        nameservers=nameservers,
+    )
+    shadow_digest = content_hash(shadow_text)
+    zone_files.append(
+        ZoneFile(
+            zone=shadow.name,
+            path=layout.zone_file(shadow.name),
+            text=shadow_text.replace(_CONTENT, shadow_digest),
+            content=shadow_digest,
+            dynamic=True,
+        )
+    )
+
+    secondary_targets = [(str(s.address), s.fqdn) for s in secondaries]
+    common = {"layout": layout, "rate": QUERY_RATE, "transfer_key": tsig.TRANSFER_KEY}
+    primary_local = _render(
+        "named.conf.local.primary.j2",
+        **common,
+        keys=[tsig.TRANSFER_KEY, *host_keys],
+        zones=settings.zones,
+        shadow=shadow,
+        grants=grants,
+        secondaries=secondary_targets,
+    )
+    primary_files = ServerFiles(
+        fqdn=primary.fqdn,
+        role="primary",
+        config={
+            layout.options_file: _render("named.conf.options.j2", **common, role="primary"),
+            layout.local_file: primary_local,
+        },
+        zones=zone_files,
+        keys=[tsig.TRANSFER_KEY, *host_keys],
+    )
+    all_zones = [*zones, shadow.name]
+    secondary_files: dict[str, ServerFiles] = {}
+    for server in secondaries:
+        secondary_files[server.fqdn] = ServerFiles(
+            fqdn=server.fqdn,
+            role="secondary",
+            config={
+                layout.options_file: _render("named.conf.options.j2", **common, role="secondary"),
+                layout.local_file: _render(
+                    "named.conf.local.secondary.j2",
+                    **common,
+                    zones=all_zones,
+                    primary=str(primary.address),
+                ),
+            },
+            zones=[],
+            keys=[tsig.TRANSFER_KEY],
+        )
+    signed = [z.name for z in settings.zones if z.signed]
+    if shadow.signed:
+        signed.append(shadow.name)
+    return Site(
+        primary=primary_files,
+        secondaries=secondary_files,
+        host_keys=host_keys,
+        signed_zones=signed,
+        all_zones=all_zones,
+    )
+
+
+# -- the lab resolver ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustAnchor:
+    """A key-signing DNSKEY of a signed zone, as unbound's ``trust-anchor:`` takes it."""
+
+    zone: str
+    flags: int
+    protocol: int
+    algorithm: int
+    key: str
+
+    def to_text(self) -> str:
+        return f"{self.zone}. DNSKEY {self.flags} {self.protocol} {self.algorithm} {self.key}"
+
+
+def render_unbound(
+    inventory: Inventory,
+    anchors_include: str,
+    access: Sequence[str] | None = None,
+) -> str:
+    """unbound.conf for a validating lab resolver of the inventory's zones.
+
+    Stub zones send every zone (main, shadow, unsigned) to the primary and the secondaries;
+    ``local-zone: transparent`` undoes unbound's built-in static ``test.`` (and similar) zones.
+    There is no root trust anchor (the lab has no way out): names outside the signed zones are
+    insecure, not bogus.
+    + anchors_include: the file of ``trust-anchor:`` lines (``anchors_text``), read at deploy time
+    + access: networks allowed to query (default: the /24 or /64 of every inventory address)
+    """
+    settings = inventory.settings
+    servers = [settings.dns.primary, *settings.dns.secondaries]
+    addresses = [str(inventory.hosts[s].address) for s in servers if inventory.hosts[s].address]
+    if access is None:
+        nets = set()
+        for spec in inventory.hosts.values():
+            if spec.address is not None:
+                prefix = 24 if spec.address.version == 4 else 64
+                nets.add(str(ipaddress.ip_network(f"{spec.address}/{prefix}", strict=False)))
+        access = sorted(nets)
+    zones = [*inventory.zone_names, settings.shadow_zone.name]
+    return _render(
+        "unbound.conf.j2",
+        zones=zones,
+        addresses=addresses,
+        access=access,
+        anchors_include=anchors_include,
+    )
+
+
+def anchors_text(anchors: Iterable[TrustAnchor]) -> str:
+    """The include file of unbound ``trust-anchor:`` lines, sorted (as the host's fallback
+    writes it, byte for byte)."""
+    return "".join(sorted(f'trust-anchor: "{a.to_text()}"\n' for a in anchors))
+
+
+def anchors_from_rrsets(
+    zone: str, dnskeys: Iterable[tuple[int, int, int, bytes]]
+) -> list[TrustAnchor]:
+    """Trust anchors from a zone's DNSKEY rdata (flags, protocol, algorithm, key): KSKs only."""
+    return [
+        TrustAnchor(zone, flags, protocol, algorithm, base64.b64encode(key).decode())
+        for flags, protocol, algorithm, key in dnskeys
+        if flags == 257  # zone key + SEP, not revoked
+    ]
