@@ -25,12 +25,25 @@ HOST_KEY = "/etc/pkinfra/tsig.key"
 _sites: dict[int, zones.Site] = {}
 
 
+def host_key_sets(inv: Inventory) -> dict[str, tsig.HostKeys]:
+    """Every delegating host's keys: current, and next while a rotation runs."""
+    try:
+        return {
+            fqdn: tsig.host_keys(inv.secrets_dir, fqdn)
+            for fqdn in sorted({d.host for d in inv.all_delegations()})
+        }
+    except tsig.TSIGError as exc:
+        raise DeployError(f"pkinfra: {exc}") from None
+
+
 def site_of(inv: Inventory) -> zones.Site:
     """The rendering of the whole inventory, once per pyinfra run (every host uses it)."""
     if id(inv) not in _sites:
         try:
-            _sites[id(inv)] = zones.render_site(inv, tlsa=ca_tlsa_records(inv))
-        except zones.ZoneError as exc:
+            _sites[id(inv)] = zones.render_site(
+                inv, tlsa=ca_tlsa_records(inv), keys=zones.key_names(inv)
+            )
+        except (zones.ZoneError, tsig.TSIGError) as exc:
             raise DeployError(f"pkinfra: {exc}") from None
     return _sites[id(inv)]
 
@@ -41,11 +54,14 @@ def ca_tlsa_records(inv: Inventory) -> list[zones.IncludedTLSA]:
     return []
 
 
-def key_file(inv: Inventory, name: str) -> str:
-    try:
-        return str(tsig.ensure_key(inv.secrets_dir, name))
-    except tsig.TSIGError as exc:
-        raise DeployError(f"pkinfra: {exc}") from None
+def key_sources(inv: Inventory) -> dict[str, str]:
+    """Key name -> its file on the controller (files are made at execution time if missing)."""
+    sources = {tsig.TRANSFER_KEY: str(tsig.key_path(inv.secrets_dir, tsig.TRANSFER_KEY))}
+    for hk in host_key_sets(inv).values():
+        sources[hk.current.name] = str(hk.current.path)
+        if hk.next is not None:
+            sources[hk.next.name] = str(hk.next.path)
+    return sources
 
 
 inv = inventory()
@@ -67,10 +83,12 @@ if server is not None:
             group="bind",
             mode="0750",
         )
+    sources = key_sources(inv)
     for name in server.keys:
         dns.secret_file(
             name=f"TSIG key {name}",
-            src=key_file(inv, name),
+            src=sources[name],
+            make_key=name,
             path=layout.key_file(name),
             owner="root",
             group="bind",
@@ -87,20 +105,37 @@ if server is not None:
         keep=[f"{name}.key" for name in server.keys],
     )
 
-if spec.fqdn in site.host_keys:
+# The host's own key. Every host runs these lines (as no-ops where they do not apply): pyinfra
+# orders operations across hosts by the sequences hosts share, and the primary's sequence is
+# what puts "primary reconfigured" before "primary accepts the next key" before "host switches".
+keys = host_key_sets(inv).get(spec.fqdn)
+rotating = keys.next if keys is not None else None
+dns.key_accepted(
+    name="Primary accepts the host's next TSIG key",
+    key_file=str(rotating.path) if rotating else None,
+    server=str(inv.host(inv.settings.dns.primary).address),
+    zone=inv.settings.shadow_zone.name,
+)
+if keys is not None:
     files.directory(
         name="pkinfra directory", path="/etc/pkinfra", user="root", group="root", mode="0755"
     )
     dns.secret_file(
         name="This host's TSIG key",
-        src=key_file(inv, spec.fqdn),
+        src=str(keys.installed.path),
         path=HOST_KEY,
         owner="root",
         group="root",
         mode="0600",
+        make_key=keys.installed.name,
     )
 else:
     files.file(name="No TSIG key without delegations", path=HOST_KEY, present=False)
+dns.rotation_recorded(
+    name="TSIG key rotation: host switched",
+    secrets_dir=str(inv.secrets_dir),
+    fqdn=spec.fqdn if rotating else None,
+)
 
 # The lab's validating resolver (hosts of group "resolvers") follows the servers it asks.
 local.include("deploys/resolver.py")

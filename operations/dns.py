@@ -14,13 +14,14 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from pyinfra import host
-from pyinfra.api import OperationError, operation
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.api.command import FileUploadCommand
 from typing_extensions import override
 
 from operations.facts import DirectoryFiles, FileDigest, ProcessId, ZoneHeader
 from operations.util import q
+from pkinfra import tsig
 from pkinfra.zones import next_serial
 
 STAGED = ".pkinfra-new"
@@ -60,13 +61,22 @@ def _refuse(checker: str, what: str, staged: list[str]) -> str:
 
 
 @operation()
-def secret_file(src: str, path: str, owner: str = "root", group: str = "root", mode: str = "0600"):
+def secret_file(
+    src: str,
+    path: str,
+    owner: str = "root",
+    group: str = "root",
+    mode: str = "0600",
+    make_key: str | None = None,
+):
     """
     Ensure a secret file (a TSIG key) is on the host, uploaded only when its SHA-256 differs.
 
     + src: the file on the controller
     + path: where it goes on the host
     + owner, group, mode: of the installed file
+    + make_key: when ``src`` does not exist yet, make it at execution time as a new TSIG key of
+      this name (so ``--dry`` leaves the controller's secrets untouched)
 
     The content never goes through a diffing upload, a command line or a fact: the upload is a
     plain file transfer to a 0600 file beside the target, then a rename.
@@ -80,7 +90,11 @@ def secret_file(src: str, path: str, owner: str = "root", group: str = "root", m
     if int(mode, 8) & 0o007:
         raise OperationError(f"secret {path}: mode {mode} would make it readable by others")
     try:
-        wanted = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+        wanted: str | None = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        if make_key is None:
+            raise OperationError(f"secret {path}: {src} does not exist") from None
+        wanted = None
     except OSError as exc:
         raise OperationError(f"secret {path}: cannot read {src}: {exc.strerror}") from None
     info = host.get_fact(FileDigest, path=path)
@@ -97,11 +111,95 @@ def secret_file(src: str, path: str, owner: str = "root", group: str = "root", m
         if not changed:
             host.noop(f"secret {path} is current ({mode} {owner}:{group})")
         return
+    if wanted is None:
+        assert make_key is not None
+        logger.info(f"{host.print_prefix}TSIG key {make_key}: made on the controller by this run")
+        yield FunctionCommand(_make_key, (src, make_key), {})
     staged = path + STAGED
     # The empty 0600 file first: uploads that keep an existing file's mode never widen it.
     yield f"(umask 077 && rm -f {q(staged)} && : > {q(staged)})"
     yield FileUploadCommand(src, staged)
     yield _install(staged, path, owner, group, mode)
+
+
+def _make_key(state: Any, host: Any, src: str, name: str) -> bool:
+    """Execution time, on the controller: the key file (another host's operation may have made
+    it already in this run; ``ensure_key`` keeps an existing one)."""
+    try:
+        tsig.ensure_key(Path(src).parent, name, path=Path(src))
+    except tsig.TSIGError as exc:
+        host.log_styled(f"pkinfra: {exc}", fg="red", log_func=logger.error)
+        return False
+    return True
+
+
+@operation()
+def key_accepted(key_file: str | None, server: str, zone: str):
+    """
+    Check, at execution time from the controller, that ``server`` accepts the TSIG key in
+    ``key_file`` (a signed SOA query for ``zone``); fail the host's run otherwise, so nothing
+    after it (installing that key on the host) happens.
+
+    + key_file: the key on the controller (None: nothing to check, a no-op)
+    + server: the primary's address
+    + zone: a zone the primary serves
+
+    **Example:**
+
+    .. code:: python
+
+        dns.key_accepted(key_file="pki/secrets/mx1.example.test.next.key",
+                         server="172.29.53.10", zone="shadow.test")
+    """
+    if key_file is None:
+        host.noop("no TSIG key rotation under way")
+        return
+    logger.info(f"{host.print_prefix}TSIG key rotation: checking that {server} accepts the key")
+    yield FunctionCommand(_check_accepted, (key_file, server, zone), {})
+
+
+def _check_accepted(state: Any, host: Any, key_file: str, server: str, zone: str) -> bool:
+    why = tsig.accepted_by(Path(key_file), server, zone)
+    if why:
+        host.log_styled(
+            f"pkinfra: {why}; the host keeps its current key", fg="red", log_func=logger.error
+        )
+        return False
+    return True
+
+
+@operation()
+def rotation_recorded(secrets_dir: str, fqdn: str | None):
+    """
+    Record on the controller that ``fqdn`` holds its next TSIG key, so that
+    ``pkinfra dns rotate-key HOST --finish`` may retire the old one.
+
+    + secrets_dir: the inventory's secrets directory
+    + fqdn: the host (None: no rotation under way, a no-op)
+
+    **Example:**
+
+    .. code:: python
+
+        dns.rotation_recorded(secrets_dir="pki/secrets", fqdn="mx1.example.test")
+    """
+    if fqdn is None:
+        host.noop("no TSIG key rotation under way")
+        return
+    keys = tsig.host_keys(Path(secrets_dir), fqdn)
+    marker = tsig.installed_marker(Path(secrets_dir), fqdn)
+    if keys.next is None:
+        host.noop("no key rotation under way")
+        return
+    if marker.exists() and marker.read_text().strip() == tsig.sha256_file(keys.next.path):
+        host.noop(f"key rotation: {fqdn} already holds {keys.next.name}")
+        return
+    yield FunctionCommand(_record, (secrets_dir, fqdn), {})
+
+
+def _record(state: Any, host: Any, secrets_dir: str, fqdn: str) -> bool:
+    tsig.mark_installed(Path(secrets_dir), fqdn)
+    return True
 
 
 @operation()

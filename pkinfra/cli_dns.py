@@ -1,4 +1,5 @@
-"""``pkinfra dns ds``: the DS records of the signed zones, to hand to the parent's registrar.
+"""``pkinfra dns ds``: the DS records of the signed zones, to hand to the parent's registrar;
+``pkinfra dns rotate-key HOST [--finish]``: a host's TSIG key rotation, without a gap.
 
 The keys are read from the primary named in the inventory (its ``address``, or ``--server``) by a
 DNS query without recursion, so the output is what the primary signs with right now.
@@ -33,6 +34,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ds.add_argument("--digest", default="SHA256", choices=DIGESTS, help="default: SHA256")
     ds.add_argument("--timeout", type=float, default=3.0, help="seconds per query (default 3)")
     ds.set_defaults(handler=ds_command)
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="rotate a host's TSIG key (start; deploy; then --finish; deploy)",
+        description="Start: make the host's next key. The next deploy gives the primary both "
+        "keys, then installs the next one on the host. --finish (after that deploy) makes it "
+        "the current key; the deploy after that removes the old one from the primary.",
+    )
+    rotate.add_argument("host", help="the host's FQDN")
+    rotate.add_argument("--finish", action="store_true", help="retire the old key")
+    rotate.set_defaults(handler=rotate_command)
 
 
 def signed_zones(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -98,4 +109,32 @@ def ds_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     for zone in wanted:
         for line in ds_records(zone, server, args.digest, args.timeout):
             print(line, file=out)
+    return 0
+
+
+def rotate_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from pkinfra import tsig
+    from pkinfra.cli import CLIError
+
+    inventory = load_inventory_file(args.inventory)
+    fqdn = args.host.rstrip(".").lower()
+    if fqdn not in {d.host for d in inventory.all_delegations()}:
+        raise CLIError(f"{fqdn}: no TSIG key (not a host with delegated names)")
+    try:
+        if args.finish:
+            key = tsig.finish_rotation(inventory.secrets_dir, fqdn)
+            print(
+                f"{fqdn}: {key.name} is now the current key; deploy to remove the old one "
+                "from the primary",
+                file=out,
+            )
+        else:
+            key = tsig.start_rotation(inventory.secrets_dir, fqdn)
+            print(
+                f"{fqdn}: next key {key.name} made; deploy, then run "
+                f"'pkinfra dns rotate-key {fqdn} --finish'",
+                file=out,
+            )
+    except tsig.TSIGError as exc:
+        raise CLIError(str(exc)) from None
     return 0

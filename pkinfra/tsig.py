@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 ALGORITHM = "hmac-sha256"
@@ -38,12 +39,13 @@ def key_text(name: str, secret: str) -> str:
     return f'key "{name}" {{\n\talgorithm {ALGORITHM};\n\tsecret "{secret}";\n}};\n'
 
 
-def ensure_key(secrets_dir: Path, name: str) -> Path:
+def ensure_key(secrets_dir: Path, name: str, path: Path | None = None) -> Path:
     """The key file of ``name``, made (0600, in a 0700 directory) if it does not exist yet.
 
-    An existing file is checked (it must hold exactly this key) but never replaced.
+    An existing file is checked (it must hold exactly this key) but never replaced. ``path``
+    overrides the file's place (a rotation's next key lives beside the current one).
     """
-    path = key_path(secrets_dir, name)
+    path = path or key_path(secrets_dir, name)
     if path.exists():
         check_key_file(path, name)
         return path
@@ -82,3 +84,136 @@ def check_key_file(path: Path, name: str) -> None:
 def sha256_file(path: Path) -> str:
     """The hex SHA-256 of a file (what the upload compares; not a secret)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- a host's key and its rotation --------------------------------------------------------------
+#
+# A host's current key lives in ``<fqdn>.key``; its name is the FQDN at first, ``k<N>.<fqdn>``
+# after rotations (BIND cannot hold two keys of one name, so the next key needs a new one).
+# ``pkinfra dns rotate-key HOST`` makes ``<fqdn>.next.key``; the next deploy gives the primary
+# both keys and grants for both, then (checked: the primary accepts the next key) installs the
+# next key on the host and records that in ``<fqdn>.next.installed``. ``--finish`` then makes
+# the next key the current one, and the deploy after it removes the old key from the primary.
+# At no moment does the host hold a key the primary does not accept.
+
+
+@dataclass(frozen=True)
+class HostKey:
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class HostKeys:
+    fqdn: str
+    current: HostKey
+    next: HostKey | None
+
+    @property
+    def names(self) -> list[str]:
+        return [self.current.name] + ([self.next.name] if self.next else [])
+
+    @property
+    def installed(self) -> HostKey:
+        """The key the host should hold now: the next one while a rotation runs."""
+        return self.next or self.current
+
+
+def key_name_in(path: Path) -> str:
+    from pkinfra.dnsupdate import DNSUpdateError, TSIGKey
+
+    try:
+        return str(TSIGKey.from_file(path).name.to_text(omit_final_dot=True))
+    except DNSUpdateError as exc:
+        raise TSIGError(str(exc)) from None
+
+
+def host_keys(secrets_dir: Path, fqdn: str) -> HostKeys:
+    """The host's current key (named after it until its first rotation) and any next key."""
+    current = secrets_dir / f"{fqdn}.key"
+    nxt = secrets_dir / f"{fqdn}.next.key"
+    name = key_name_in(current) if current.exists() else fqdn
+    return HostKeys(
+        fqdn=fqdn,
+        current=HostKey(name, current),
+        next=HostKey(key_name_in(nxt), nxt) if nxt.exists() else None,
+    )
+
+
+def _generation(name: str, fqdn: str) -> int:
+    if name == fqdn:
+        return 1
+    match = re.fullmatch(rf"k(\d+)\.{re.escape(fqdn)}", name)
+    if not match:
+        raise TSIGError(f"TSIG key {name!r} does not belong to {fqdn}")
+    return int(match.group(1))
+
+
+def start_rotation(secrets_dir: Path, fqdn: str) -> HostKey:
+    """Make the host's next key; refuse while a rotation is already under way."""
+    keys = host_keys(secrets_dir, fqdn)
+    if keys.next is not None:
+        raise TSIGError(
+            f"{fqdn}: a rotation to {keys.next.name} is already under way (deploy, then finish it)"
+        )
+    if not keys.current.path.exists():
+        raise TSIGError(f"{fqdn}: has no key yet (deploy first)")
+    name = f"k{_generation(keys.current.name, fqdn) + 1}.{fqdn}"
+    path = secrets_dir / f"{fqdn}.next.key"
+    ensure_key(secrets_dir, name, path=path)
+    return HostKey(name, path)
+
+
+def installed_marker(secrets_dir: Path, fqdn: str) -> Path:
+    return secrets_dir / f"{fqdn}.next.installed"
+
+
+def mark_installed(secrets_dir: Path, fqdn: str) -> None:
+    """Record that the host now holds its next key (the digest, not the key)."""
+    keys = host_keys(secrets_dir, fqdn)
+    if keys.next is None:
+        return
+    marker = installed_marker(secrets_dir, fqdn)
+    marker.write_text(sha256_file(keys.next.path) + "\n")
+    marker.chmod(0o600)
+
+
+def finish_rotation(secrets_dir: Path, fqdn: str) -> HostKey:
+    """Make the next key the current one, once a deploy has installed it on the host."""
+    keys = host_keys(secrets_dir, fqdn)
+    if keys.next is None:
+        raise TSIGError(f"{fqdn}: no key rotation under way")
+    marker = installed_marker(secrets_dir, fqdn)
+    done = marker.read_text().strip() if marker.exists() else ""
+    if done != sha256_file(keys.next.path):
+        raise TSIGError(
+            f"{fqdn}: the next key {keys.next.name} is not on the host yet; run the "
+            "deploy first (the old key stays valid until then)"
+        )
+    os.replace(keys.next.path, keys.current.path)
+    marker.unlink()
+    return HostKey(keys.next.name, keys.current.path)
+
+
+def accepted_by(path: Path, server: str, zone: str, port: int = 53, timeout: float = 5.0) -> str:
+    """Ask ``server`` a query signed with the key in ``path``; '' when accepted, else why not."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.tsig
+
+    from pkinfra.dnsupdate import DNSUpdateError, TSIGKey
+
+    try:
+        key = TSIGKey.from_file(path)
+    except DNSUpdateError as exc:
+        return str(exc)
+    query = dns.message.make_query(zone, "SOA")
+    query.use_tsig(key._dns_key())
+    try:
+        dns.query.tcp(query, server, port=port, timeout=timeout)
+    except dns.tsig.PeerError as exc:
+        return f"{server} refuses key {key.name.to_text(omit_final_dot=True)}: {type(exc).__name__}"
+    except (OSError, dns.exception.DNSException) as exc:
+        return f"{server}: {exc or type(exc).__name__}"
+    return ""

@@ -17,8 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -122,8 +122,10 @@ class Site:
 
     primary: ServerFiles
     secondaries: dict[str, ServerFiles]
-    #: Hosts that hold a key of their own (those with at least one delegation).
+    #: Names of the hosts' TSIG keys on the primary (after a first rotation, not the FQDNs).
     host_keys: list[str]
+    #: Hosts that hold a key of their own (those with at least one delegation).
+    key_holders: list[str]
     #: Zones whose DNSKEYs the resolver must trust (the signed ones).
     signed_zones: list[str]
     #: Every zone the servers serve: main zones, then the shadow zone.
@@ -256,15 +258,25 @@ def tlsa_include(records: Iterable[IncludedTLSA], zone: str, ttl: int) -> str:
 # -- the site -----------------------------------------------------------------------------------
 
 
+def key_names(inventory: Inventory) -> dict[str, list[str]]:
+    """Per delegating host, the names of its TSIG keys now (``pkinfra.tsig.host_keys``)."""
+    hosts = sorted({d.host for d in inventory.all_delegations()})
+    return {fqdn: tsig.host_keys(inventory.secrets_dir, fqdn).names for fqdn in hosts}
+
+
 def render_site(
     inventory: Inventory,
     tlsa: Iterable[IncludedTLSA] = (),
     layout: Layout | None = None,
+    keys: Mapping[str, Sequence[str]] | None = None,
 ) -> Site:
     """Render every DNS server's files from the whole inventory.
 
     + tlsa: TLSA records of CA-issued certificates, each put into its main zone's include file
     + layout: paths and listen options (tests run the result as a throw-away named)
+    + keys: per host FQDN, the names of its TSIG keys the primary accepts (current, and next
+      during a rotation; ``key_names`` reads them from the controller); by default the one key
+      named after the host, so rendering alone never depends on the controller's state
     """
     layout = layout or Layout()
     settings = inventory.settings
@@ -287,8 +299,11 @@ def render_site(
         by_zone[found].append(rec)
 
     delegations = inventory.all_delegations()
-    host_keys = sorted({d.key_name for d in delegations})
-    grants = sorted({d.grant for d in delegations})
+    names = {d.host: list((keys or {}).get(d.host, [d.key_name])) for d in delegations}
+    host_keys = sorted({name for key_names in names.values() for name in key_names})
+    grants = sorted(
+        {replace(d, key_name=name).grant for d in delegations for name in names[d.host]}
+    )
 
     zone_files: list[ZoneFile] = []
     for z in settings.zones:
@@ -386,6 +401,7 @@ def render_site(
         primary=primary_files,
         secondaries=secondary_files,
         host_keys=host_keys,
+        key_holders=sorted(names),
         signed_zones=signed,
         all_zones=all_zones,
     )

@@ -49,6 +49,7 @@ class FakeHost:
         self.facts = facts
         self.data = FakeData(data)
         self.name = name
+        self.print_prefix = f"[{name}] "
         self.noop_description: str | None = None
 
     def get_fact(self, cls: type, *args: Any, **kwargs: Any) -> Any:

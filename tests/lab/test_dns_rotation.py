@@ -1,0 +1,87 @@
+"""A host's TSIG key rotated in the lab: both keys valid while the host switches, then only the
+new one; the host can update at every step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pkinfra import tsig
+from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
+from tests.lab.test_dns import RESOLVER, docker, pyinfra
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRETS = ROOT / "pki" / "secrets"
+HOST = "web1.example.test"
+OWNER = "_443._tcp.web1.example.test"
+LIMIT = [a for h in ("ns1", "ns2", "resolver", "web1") for a in ("--limit", f"@docker/pkinfra-{h}")]
+
+pytestmark = pytest.mark.lab
+
+
+def deploy() -> None:
+    run = pyinfra("deploys/dns.py", *LIMIT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def rotate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pkinfra.cli", "dns", "rotate-key", HOST, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def can_update(key: TSIGKey) -> str:
+    """'OK', or the rcode the primary answered (a TLSA at web1's own delegated name)."""
+    client = RFC2136Client(key, resolvers=[RESOLVER], timeout=2)
+    target, _ = client.follow_cnames(OWNER)
+    value = "3 1 1 " + uuid.uuid4().hex * 2
+    try:
+        client.add(target, "TLSA", value, 5)
+    except DNSUpdateError as exc:
+        return exc.rcode or str(exc)
+    client.delete(target, "TLSA", value)
+    return "OK"
+
+
+def host_key_name() -> str:
+    # Only the key's name line is read back; the secret stays in the container.
+    first = docker("pkinfra-web1", "head -n 1 /etc/pkinfra/tsig.key")
+    return first.split('"')[1]
+
+
+def test_rotation_keeps_the_host_able_to_update(lab_up: object) -> None:
+    deploy()
+    before = tsig.host_keys(SECRETS, HOST)
+    old_key = TSIGKey.from_file(before.current.path)
+    assert host_key_name() == before.current.name
+    assert can_update(old_key) == "OK"
+
+    started = rotate()
+    assert started.returncode == 0, started.stderr
+    nxt = tsig.host_keys(SECRETS, HOST).next
+    assert nxt is not None
+    refused = rotate("--finish")
+    assert refused.returncode == 1 and "not on the host yet" in refused.stderr
+
+    deploy()  # the primary learns the next key, then the host switches to it
+    assert host_key_name() == nxt.name
+    new_key = TSIGKey.from_file(nxt.path)
+    assert can_update(new_key) == "OK"
+    assert can_update(old_key) == "OK", "the old key stays valid until the rotation finishes"
+
+    finished = rotate("--finish")
+    assert finished.returncode == 0, finished.stderr
+    deploy()  # the primary forgets the old key
+    assert host_key_name() == nxt.name
+    assert can_update(new_key) == "OK"
+    assert can_update(old_key) in ("BADKEY", "REFUSED", "NOTAUTH")
+    on_primary = docker("pkinfra-ns1", "ls /etc/bind/pkinfra/keys")
+    assert f"{nxt.name}.key" in on_primary and f"{before.current.name}.key" not in on_primary
