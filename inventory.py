@@ -82,7 +82,10 @@ mail = [
                         {"path": "/etc/postfix/tls/mail.crt", "content": "fullchain"},
                         {"path": "/etc/postfix/tls/mail.key", "content": "key"},
                     ],
-                    "notify": {"command": "postfix reload"},
+                    # Reload only a running Postfix: a stopped one reads the files when it starts.
+                    "notify": {
+                        "command": "if postfix status >/dev/null 2>&1; then postfix reload; fi"
+                    },
                 },
             ],
             "tlsa": [{"port": 25, "certificate": "mail"}],
@@ -138,7 +141,18 @@ db = [
                             "group": "postgres",
                         },
                     ],
-                    "notify": {"signal": "HUP", "pidfile": "/var/run/postgresql/15-main.pid"},
+                    "notify": {
+                        "signal": "HUP",
+                        "pidfile": "/var/run/postgresql/15-main.pid",
+                        "process": "postgres",
+                    },
+                },
+                {
+                    # Stands in for a backup agent that reads its certificate only at start.
+                    "name": "backup-agent",
+                    "certificate": "backup",
+                    "files": [{"path": "/etc/backup-agent/tls.pem", "content": "combined"}],
+                    "notify": {"restart": "/usr/local/sbin/lab-backup-agent restart"},
                 },
             ],
             "tlsa": [{"port": 5432, "certificate": "postgres"}],

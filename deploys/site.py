@@ -5,5 +5,5 @@ ACME, services and DANE.
 from pyinfra import local
 
 local.include("deploys/base.py")
-# DNS master and secondaries; it includes the lab resolver itself (after named runs).
-local.include("deploys/dns.py")
+local.include("deploys/dns.py")  # BIND, keys, zones; then the lab resolver (deploys/resolver.py)
+local.include("deploys/pki.py")

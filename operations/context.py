@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pyinfra import host
 from pyinfra.api import DeployError
 
@@ -22,3 +25,20 @@ def this_host() -> HostSpec:
     if spec is None:
         raise DeployError(f"{host.name}: not described in the pkinfra inventory (no 'fqdn')")
     return spec
+
+
+# Certificate operations of this run, per host, so that later operations (service delivery) can
+# run when one of them changed something at execution time, which their facts could not show.
+_certificate_ops: dict[str, list[Any]] = {}
+
+
+def track_certificate_op(op: Any) -> Any:
+    """Remember an operation that may change a certificate on the current host."""
+    _certificate_ops.setdefault(host.name, []).append(op)
+    return op
+
+
+def certificate_changed() -> Callable[[], bool]:
+    """For ``_if=``: true at execution time when a tracked operation of this host changed."""
+    ops = list(_certificate_ops.get(host.name, []))
+    return lambda: any(op.did_change() for op in ops)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyinfra.api import FactBase
 from typing_extensions import override
 
 from operations.util import key_type_from_text_pub, q
+from pkinfra.keys import KeyTypeError, key_type_of
 
 
 class PrivateKeyInfo(TypedDict):
@@ -46,6 +53,199 @@ class PrivateKey(FactBase[PrivateKeyInfo | bool | None]):
             "group": group,
             "key_type": key_type_from_text_pub("\n".join(output[1:])),
         }
+
+
+# -- private PKI: every certificate directory and CA file of a host in one command -------------
+
+_EKU_OIDS = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "server",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "client",
+}
+# File patterns go into the script unquoted (so globs expand): only plain path characters.
+_SAFE_PATTERN = re.compile(r"^/[A-Za-z0-9/._*+-]+$")
+
+
+class PkiKeyInfo(TypedDict):
+    kind: str  # "regular file", "directory" ...
+    mode: str
+    owner: str
+    group: str
+    #: A model key type, or None when openssl cannot read the file as an unencrypted key.
+    key_type: str | None
+    #: Hex SHA-256 of the key's SubjectPublicKeyInfo, computed on the host.
+    spki_sha256: str | None
+
+
+class PkiCertInfo(TypedDict):
+    serial: str  # hex, lower case
+    not_after: str  # ISO 8601, UTC
+    names: list[str]
+    usages: list[str]  # "server", "client"
+    issuer: str  # the issuer's CN (or whole DN when it has none)
+    issuer_key_id: str | None  # authority key identifier, hex
+    spki_sha256: str | None
+
+
+class PkiDirInfo(TypedDict):
+    key: PkiKeyInfo | None
+    #: None: no cert.pem; False: a cert.pem openssl cannot read.
+    cert: PkiCertInfo | bool | None
+    #: SHA-256 of cert.pem, chain.pem, fullchain.pem, bundle.pem and of cert + chain ("cert+chain").
+    sha256: dict[str, str]
+
+
+class PkiFilesInfo(TypedDict):
+    directories: dict[str, PkiDirInfo]
+    #: path -> SHA-256, for the files (and glob matches) that exist.
+    files: dict[str, str]
+
+
+class PkiFiles(FactBase[PkiFilesInfo]):
+    """Certificate directories (key, certificate, chain files) and CA files, in one command.
+
+    For each directory: the key's mode, owner, type and public-key fingerprint (computed on the
+    host: the private key is read by openssl there and never printed), the certificate's serial,
+    expiry, names, usages, issuer and key fingerprint, and the hashes of the chain files. For
+    each file pattern: the SHA-256 of every matching file. Public data only.
+    """
+
+    @override
+    def requires_command(self, *args: Any, **kwargs: Any) -> str:
+        return "openssl"
+
+    @override
+    def command(self, directories: Sequence[str] = (), files: Sequence[str] = ()) -> str:
+        for pattern in files:
+            if not _SAFE_PATTERN.match(pattern):
+                raise ValueError(f"unsafe file pattern {pattern!r}")
+        # The key is read by openssl here and only its public half is printed, with the SHA-256
+        # of its DER SubjectPublicKeyInfo (b). The certificate is public: it is printed as it is
+        # and parsed on the controller. One openssl call per directory, one sha256sum for its
+        # files: the fact runs on every host and every run. e: echo without dash's escapes;
+        # -passin pass: (empty): an encrypted key fails instead of prompting.
+        head = [
+            "e() { printf '%s\\n' \"$1\"; }",
+            "b() { sed -n '/-----BEGIN/,/-----END/{/-----/d;p}' | base64 -d | sha256sum; }",
+        ]
+        lines = [
+            f"for d in {' '.join(q(d) for d in directories)}; do",
+            ' echo "@dir|$d"',
+            ' [ -d "$d" ] || continue',
+            ' k="$d/key.pem"',
+            ' if [ -e "$k" ]; then',
+            '  echo "key|$(stat -L -c \'%F|%a|%U|%G\' "$k")"',
+            '  p=$(openssl pkey -passin pass: -in "$k" -pubout 2>/dev/null)',
+            '  case "$p" in *BEGIN*)',
+            "   e \"$p\" | sed 's/^/kp|/'",
+            '   echo "kh|$(e "$p" | b)";;',
+            "  esac",
+            " fi",
+            " [ ! -f \"$d/cert.pem\" ] || { echo 'cert|'; sed 's/^/c|/' \"$d/cert.pem\"; }",
+            ' sha256sum "$d/cert.pem" "$d/chain.pem" "$d/fullchain.pem" "$d/bundle.pem"'
+            " 2>/dev/null | sed 's/^/sha|/'",
+            ' [ ! -f "$d/cert.pem" ] || [ ! -f "$d/chain.pem" ] ||'
+            ' echo "sha|$(cat "$d/cert.pem" "$d/chain.pem" | sha256sum | cut -c1-64)  cert+chain"',
+            "done",
+        ]
+        if not directories:
+            lines = []
+        if files:
+            lines.append(f"sha256sum {' '.join(files)} 2>/dev/null | sed 's/^/@file|/'")
+        return "\n".join([*head, *lines, "true"])
+
+    @override
+    def process(self, output: list[str]) -> PkiFilesInfo:
+        result: PkiFilesInfo = {"directories": {}, "files": {}}
+        current: PkiDirInfo | None = None
+        key_pem: list[str] = []
+        cert_pem: list[str] | None = None
+
+        def finish() -> None:
+            if current is None:
+                return
+            if current["key"] is not None and key_pem:
+                current["key"]["key_type"] = _public_key_type("\n".join(key_pem))
+            if cert_pem is not None:
+                current["cert"] = _certificate_info("\n".join(cert_pem))
+
+        for line in output:
+            tag, _, rest = line.partition("|")
+            if tag == "@dir":
+                finish()
+                current = {"key": None, "cert": None, "sha256": {}}
+                key_pem, cert_pem = [], None
+                result["directories"][rest] = current
+            elif tag == "@file":
+                digest, _, path = rest.partition("  ")
+                result["files"][path] = digest
+            elif current is None:
+                continue
+            elif tag == "key":
+                kind, mode, owner, group = [*rest.split("|", 3), "", "", ""][:4]
+                current["key"] = {
+                    "kind": kind,
+                    "mode": mode.rjust(4, "0"),
+                    "owner": owner,
+                    "group": group,
+                    "key_type": None,
+                    "spki_sha256": None,
+                }
+            elif tag == "kp":
+                key_pem.append(rest)
+            elif tag == "kh" and current["key"] is not None:
+                current["key"]["spki_sha256"] = rest.split(" ", 1)[0] or None
+            elif tag == "cert":
+                cert_pem = []
+            elif tag == "c" and cert_pem is not None:
+                cert_pem.append(rest)
+            elif tag == "sha":
+                digest, _, path = rest.partition("  ")
+                current["sha256"][path.rpartition("/")[2]] = digest
+        finish()
+        return result
+
+
+def _public_key_type(pem: str) -> str | None:
+    try:
+        return key_type_of(serialization.load_pem_public_key(pem.encode()))
+    except (ValueError, KeyTypeError):
+        return None
+
+
+def _certificate_info(pem: str) -> PkiCertInfo | bool:
+    """The first certificate of a PEM file, as the certificate operation compares it; False
+    when there is none."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        names = []
+    except ValueError:
+        return False
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        usages = sorted(_EKU_OIDS[oid] for oid in eku if oid in _EKU_OIDS)
+    except x509.ExtensionNotFound:
+        usages = []
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        key_id = aki.key_identifier.hex() if aki.key_identifier else None
+    except x509.ExtensionNotFound:
+        key_id = None
+    common = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {
+        "serial": f"{cert.serial_number:x}",
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "names": names,
+        "usages": usages,
+        "issuer": str(common[0].value) if common else cert.issuer.rfc4514_string(),
+        "issuer_key_id": key_id,
+        "spki_sha256": hashlib.sha256(spki).hexdigest(),
+    }
 
 
 # -- DNS (operations/dns.py) ---------------------------------------------------------------------

@@ -1,12 +1,28 @@
-"""Operations for the private PKI on managed hosts (keys, certificates)."""
+"""Operations for the private PKI: CAs and CRLs on the controller, keys, certificates, trust
+anchors and CRLs on managed hosts.
+
+Controller-side work (making a CA, issuing a CRL, signing a CSR) happens at execution time in a
+``FunctionCommand``, so ``--dry`` changes nothing; every operation says why it would change
+before its first ``yield`` and ends with ``host.noop`` when there is nothing to do. CA keys and
+their passphrases stay in the CA store; host keys stay on their host.
+"""
 
 from __future__ import annotations
 
-from pyinfra import host
-from pyinfra.api import OperationError, operation
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any
 
-from operations.facts import PrivateKey
-from operations.util import GENPKEY_ARGS, genpkey, q
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, operation
+
+from operations.facts import PkiDirInfo, PkiFiles, PrivateKey
+from operations.util import GENPKEY_ARGS, csr_command, genpkey, install_command, new_name, q
+from pkinfra import issue
+from pkinfra.ca import CAError, CAStore, PassphraseSource
 
 
 @operation()
@@ -65,3 +81,637 @@ def private_key(
         changed = True
     if not changed:
         host.noop(f"key {path} exists ({key_type}, {mode} {owner}:{group})")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _announce(message: str) -> None:
+    """Say why an operation changes something (printed by runs and dry runs alike)."""
+    prefix = getattr(host, "print_prefix", f"[{host.name}] ")
+    logger.info(f"{prefix}{message}")
+
+
+def _fail(state: Any, where: Any, message: str) -> bool:
+    """Report an execution-time failure in one line; the operation then counts as failed."""
+    where.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+def _store(path: str) -> CAStore:
+    return issue.store_for(path)
+
+
+def _source(spec: str | None) -> PassphraseSource | None:
+    return PassphraseSource.parse(spec) if spec else None
+
+
+def _ca_or_error(store: CAStore, ca: str) -> Any:
+    try:
+        return issue.existing_ca(store, ca)
+    except CAError as exc:
+        raise OperationError(str(exc)) from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _upload(path: str, content: bytes, mode: str = "0644") -> Iterator[Any]:
+    """Commands that write ``content`` beside ``path`` and rename it into place (never diffed)."""
+    directory = path.rpartition("/")[0]
+    yield f"mkdir -p {q(directory)}"
+    yield FileUploadCommand(BytesIO(content), new_name(path))
+    yield f"chmod {mode} {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
+
+
+def _publish(state: Any, host: Any, path: str, read: Callable[[], bytes | None], what: str) -> bool:
+    """Execution time: write what ``read`` returns (from the CA store, now) to ``path``."""
+    try:
+        content = read()
+    except CAError as exc:
+        return _fail(state, host, f"{what}: {exc}")
+    if content is None:
+        return _fail(state, host, f"{what}: the CA store has none")
+    directory = path.rpartition("/")[0]
+    ok, _ = host.run_shell_command(StringCommand("mkdir", "-p", directory))
+    if not ok or not host.put_file(BytesIO(content), new_name(path)):
+        return _fail(state, host, f"{what}: cannot write {path}")
+    ok, _ = host.run_shell_command(
+        f"chmod 0644 {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
+    )
+    return bool(ok) or _fail(state, host, f"{what}: cannot rename into {path}")
+
+
+# -- controller: CAs and CRLs -------------------------------------------------------------------
+
+
+@operation()
+def certificate_authority(
+    ca: str,
+    store: str,
+    key_type: str = "ec-p384",
+    validity_days: int = 3650,
+    parent: str | None = None,
+    path_length: int | None = None,
+    permitted: Sequence[str] = (),
+    excluded: Sequence[str] = (),
+    organization: str | None = None,
+    passphrase: str | None = None,
+    parent_passphrase: str | None = None,
+    import_cert: str | None = None,
+    import_key: str | None = None,
+):
+    """
+    Ensure a CA exists in the controller's CA store (made or imported at execution time).
+
+    + ca: the CA's name
+    + store: the CA store directory on the controller
+    + key_type, validity_days, path_length, permitted, excluded, organization: the new CA's
+      parameters (see ``pkinfra.model.CA``)
+    + parent: the parent CA for a sub-CA
+    + passphrase: ``env:NAME`` or ``file:PATH`` for the CA key; None keeps it unencrypted
+    + parent_passphrase: the same for the parent's key (to sign the sub-CA)
+    + import_cert, import_key: PEM files of an existing CA to take over instead of making one
+
+    An existing CA is never replaced; differences from these parameters are reported. Run it
+    once per run (``_run_once=True``): it touches no host.
+
+    **Example:**
+
+    .. code:: python
+
+        pki.certificate_authority(
+            name="CA duckcorp", ca="duckcorp", store="pki", passphrase="file:/root/ca-pass",
+            _run_once=True,
+        )
+    """
+    cas = _store(store)
+    info = _ca_or_error(cas, ca)
+    if info is not None:
+        found = issue.ca_differences(info, parent, key_type)
+        text = f"CA {ca} exists ({info.key_type}, valid until {info.not_after:%Y-%m-%d})"
+        if found:
+            text += f"; not as the inventory says ({'; '.join(found)}): it is kept"
+        host.noop(text)
+        return
+    if import_cert is not None and import_key is not None:
+        _announce(f"CA {ca}: missing, will import {import_cert}")
+    elif parent is None:
+        _announce(f"CA {ca}: missing, will create a root CA ({key_type}, {validity_days} days)")
+    else:
+        _announce(f"CA {ca}: missing, will create a sub-CA of {parent} ({key_type})")
+    yield FunctionCommand(
+        _make_ca,
+        (),
+        {
+            "ca": ca,
+            "store": store,
+            "key_type": key_type,
+            "validity_days": validity_days,
+            "parent": parent,
+            "path_length": path_length,
+            "permitted": list(permitted),
+            "excluded": list(excluded),
+            "organization": organization,
+            "passphrase": passphrase,
+            "parent_passphrase": parent_passphrase,
+            "import_cert": import_cert,
+            "import_key": import_key,
+        },
+    )
+
+
+def _make_ca(state: Any, host: Any, **kw: Any) -> bool:
+    cas = _store(kw["store"])
+    ca = kw["ca"]
+    secret = _source(kw["passphrase"])
+    try:
+        if ca in cas.names():  # made meanwhile (another run): keep it
+            return True
+        if kw["import_cert"] is not None:
+            cas.import_ca(
+                ca,
+                Path(kw["import_cert"]),
+                Path(kw["import_key"]),
+                passphrase=secret,
+                unencrypted=secret is None,
+                parent=kw["parent"],
+            )
+        elif kw["parent"] is None:
+            cas.create_root(
+                ca,
+                key_type=kw["key_type"],
+                validity_days=kw["validity_days"],
+                organization=kw["organization"],
+                path_length=kw["path_length"],
+                permitted=kw["permitted"],
+                excluded=kw["excluded"],
+                passphrase=secret,
+                unencrypted=secret is None,
+            )
+        else:
+            cas.create_sub_ca(
+                ca,
+                kw["parent"],
+                parent_passphrase=_source(kw["parent_passphrase"]),
+                key_type=kw["key_type"],
+                validity_days=kw["validity_days"],
+                organization=kw["organization"],
+                path_length=kw["path_length"],
+                permitted=kw["permitted"],
+                excluded=kw["excluded"],
+                passphrase=secret,
+                unencrypted=secret is None,
+            )
+    except CAError as exc:
+        if ca in cas.names():  # another process made it between our check and now
+            return True
+        return _fail(state, host, str(exc))
+    return True
+
+
+@operation()
+def crl(ca: str, store: str, passphrase: str | None = None, crl_days: int = 7):
+    """
+    Ensure the CA's CRL is current: issued again when missing, stale, lacking a revocation, or
+    within half of ``crl_days`` of its next update (at execution time, on the controller).
+
+    + ca: the CA's name
+    + store: the CA store directory on the controller
+    + passphrase: ``env:NAME`` or ``file:PATH`` for the CA key (None: unencrypted)
+    + crl_days: the CRL's lifetime (its nextUpdate is this many days ahead)
+
+    **Example:**
+
+    .. code:: python
+
+        pki.crl(name="CRL duckcorp", ca="duckcorp", store="pki", _run_once=True)
+    """
+    cas = _store(store)
+    info = _ca_or_error(cas, ca)
+    if info is not None and not info.can_sign_crl:
+        host.noop(f"CRL {ca}: the CA certificate may not sign CRLs (no cRLSign)")
+        return
+    if info is not None and not cas.crl_due(ca, issue.crl_window(crl_days)):
+        host.noop(f"CRL {ca} is current")
+        return
+    why = "CA made by this run" if info is None else "due (missing, old or lacking revocations)"
+    _announce(f"CRL {ca}: will issue ({why})")
+    yield FunctionCommand(
+        _issue_crl, (), {"ca": ca, "store": store, "passphrase": passphrase, "days": crl_days}
+    )
+
+
+def _issue_crl(state: Any, host: Any, ca: str, store: str, passphrase: str | None, days: int):
+    cas = _store(store)
+    try:
+        if cas.crl_due(ca, issue.crl_window(days)):  # another run may have just done it
+            cas.crl(ca, _source(passphrase), next_update_days=days)
+    except CAError as exc:
+        return _fail(state, host, str(exc))
+    return True
+
+
+@operation()
+def removed_certificates(store: str, holders: dict[str, list[str]]):
+    """
+    Report certificates the store still has as valid for a host of ``holders`` under a name the
+    inventory no longer gives that host (they are never silently left valid and forgotten).
+
+    + store: the CA store directory on the controller
+    + holders: every host (FQDN) of the inventory and the names of its CA-issued certificates
+
+    Only reports (a warning per certificate, with the command that revokes it); revoking is
+    the operator's decision: ``pkinfra ca revoke CA SERIAL``.
+
+    **Example:**
+
+    .. code:: python
+
+        pki.removed_certificates(store="pki", holders={"db1.example.test": ["postgres"]})
+    """
+    found = issue.removed_certificates(_store(store), holders)
+    for record in found:
+        logger.warning(
+            f"certificate {record.host}/{record.cert_name} ({record.ca} {record.serial_hex}) is "
+            f"no longer in the inventory but still valid until {record.not_after:%Y-%m-%d}: "
+            f"pkinfra ca revoke {record.ca} {record.serial_hex}"
+        )
+    host.noop(f"{len(found)} removed certificate(s) still valid" if found else "none removed")
+    return
+    yield
+
+
+# -- hosts: certificates ------------------------------------------------------------------------
+
+
+def _dir_info(directory: str, current: PkiDirInfo | None) -> PkiDirInfo:
+    if current is None:
+        facts = host.get_fact(PkiFiles, directories=[directory])
+        current = facts["directories"].get(directory) if facts else None
+    return current or {"key": None, "cert": None, "sha256": {}}
+
+
+@operation()
+def certificate(
+    directory: str,
+    names: Sequence[str],
+    issuer: str,
+    store: str,
+    host_id: str,
+    cert_name: str,
+    passphrase: str | None = None,
+    key_type: str = "ec-p256",
+    usages: Sequence[str] = ("server",),
+    validity_days: int = 90,
+    renew_before_days: int | None = None,
+    current: PkiDirInfo | None = None,
+):
+    """
+    Ensure a host certificate from one of our CAs: key made on the host, CSR signed on the
+    controller at execution time, certificate and chain written beside and renamed into place.
+
+    + directory: holds key.pem (0600, made here, kept across renewals), cert.pem, chain.pem,
+      fullchain.pem and bundle.pem
+    + names: the DNS names (the first is also the CN)
+    + issuer: the CA that signs it
+    + store: the CA store directory on the controller
+    + host_id, cert_name: how the CA's record names the holder
+    + passphrase: ``env:NAME`` or ``file:PATH`` for the issuer's key (None: unencrypted)
+    + key_type: the host key's type (an existing key of another type is refused: rollover)
+    + usages: ``server`` and/or ``client`` (extended key usage)
+    + validity_days: lifetime of a new certificate
+    + renew_before_days: renew when this many days are left (default: a third of the lifetime)
+    + current: this directory's entry of a ``PkiFiles`` fact already read (one fact per host)
+
+    Nothing happens while the certificate matches the key, names, usages and issuer, is not
+    revoked and is outside the renewal window; otherwise the run says why and reissues.
+
+    **Example:**
+
+    .. code:: python
+
+        pki.certificate(
+            directory="/etc/pkinfra/certs/postgres", names=["db1.example.test"],
+            issuer="duckcorp", store="pki", host_id="db1.example.test", cert_name="postgres",
+            passphrase="file:/root/ca-pass",
+        )
+    """
+    if key_type not in GENPKEY_ARGS:
+        raise OperationError(f"certificate {cert_name}: unknown key type '{key_type}'")
+    if not names:
+        raise OperationError(f"certificate {cert_name}: needs at least one name")
+    info = _dir_info(directory, current)
+    cas = _store(store)
+    ca_info = _ca_or_error(cas, issuer)
+    key_path = f"{directory}/key.pem"
+    key = info["key"]
+    held = info["cert"]
+
+    commands: list[Any] = []
+    key_spki: str | None = None
+    if key is None:
+        reasons = ["key missing (made on the host)"]
+        if held is not None:
+            # An old certificate must not stay live beside a key it does not match.
+            commands.append(f"rm -f {q(directory + '/cert.pem')} {q(directory + '/fullchain.pem')}")
+        commands += [f"mkdir -p {q(directory)}", genpkey(key_path, key_type)]
+    else:
+        if key["kind"] != "regular file":
+            raise OperationError(f"key {key_path}: is a {key['kind']}; not touching it")
+        if key["key_type"] is None or key["spki_sha256"] is None:
+            raise OperationError(
+                f"key {key_path}: exists but openssl cannot read it as a key; not touching it"
+            )
+        if key["key_type"] != key_type:
+            raise OperationError(
+                f"key {key_path}: is {key['key_type']}, the inventory wants {key_type}; "
+                "a new key type needs a key rollover"
+            )
+        key_spki = key["spki_sha256"]
+        reasons = []
+        if (key["owner"], key["group"]) != ("root", "root"):
+            commands.append(f"chown root:root {q(key_path)}")
+        if key["mode"] != "0600":
+            commands.append(f"chmod 0600 {q(key_path)}")
+        if commands:
+            reasons.append(f"key owner/mode {key['owner']}:{key['group']} {key['mode']} fixed")
+
+    wanted = issue.Wanted(
+        names=tuple(names),
+        usages=tuple(sorted(set(usages))),
+        issuer=issuer,
+        validity_days=validity_days,
+        renew_before_days=renew_before_days,
+    )
+    if held is False:
+        cert_reasons = ["certificate unreadable"]
+    elif key is None and held is not None:
+        cert_reasons = ["new key"]
+    else:
+        cert_reasons = issue.reissue_reasons(
+            wanted,
+            _held(held) if isinstance(held, dict) else None,
+            key_spki_sha256=key_spki,
+            issuer_key_id=issue.key_id(ca_info) if ca_info is not None else None,
+            revoked=_revoked(cas, issuer, held) if ca_info is not None else False,
+        )
+    if cert_reasons:
+        reasons += [] if key is None and held is None else cert_reasons
+        if ca_info is None:
+            reasons.append(f"CA {issuer} is made by this run")
+        _announce(f"certificate {cert_name}: will issue: {', '.join(reasons)}")
+        yield from commands
+        yield FunctionCommand(
+            _issue,
+            (),
+            {
+                "directory": directory,
+                "names": list(names),
+                "usages": list(wanted.usages),
+                "issuer": issuer,
+                "store": store,
+                "passphrase": passphrase,
+                "validity_days": validity_days,
+                "host_id": host_id,
+                "cert_name": cert_name,
+                "expected_spki": key_spki,
+            },
+        )
+        return
+
+    assert isinstance(held, dict)
+    stale = _stale_chain_files(cas, issuer, info["sha256"])
+    if stale:
+        reasons.append(f"{', '.join(stale)} out of date")
+    if reasons:
+        _announce(f"certificate {cert_name}: {', '.join(reasons)}")
+        yield from commands
+        if stale:
+            yield from _chain_commands(cas, issuer, directory)
+        return
+    until = dt.datetime.fromisoformat(held["not_after"])
+    host.noop(
+        f"certificate {cert_name} is current ({', '.join(names)}; {issuer}; "
+        f"valid until {until:%Y-%m-%d})"
+    )
+
+
+def _held(cert: Any) -> issue.Held:
+    return issue.Held(
+        serial=int(cert["serial"], 16),
+        not_after=dt.datetime.fromisoformat(cert["not_after"]),
+        names=tuple(cert["names"]),
+        usages=tuple(cert["usages"]),
+        issuer=cert["issuer"],
+        issuer_key_id=cert["issuer_key_id"],
+        spki_sha256=cert["spki_sha256"],
+    )
+
+
+def _revoked(cas: CAStore, issuer: str, held: Any) -> bool:
+    if not isinstance(held, dict):
+        return False
+    try:
+        return cas.get_record(issuer, held["serial"]).revoked_at is not None
+    except CAError:
+        return False  # not issued through this store (e.g. before an import)
+
+
+def _stale_chain_files(cas: CAStore, issuer: str, have: dict[str, str]) -> list[str]:
+    chain = cas.chain_pem(issuer)
+    stale = []
+    if have.get("chain.pem") != _sha256(chain):
+        stale.append("chain.pem")
+    if have.get("bundle.pem") != _sha256(cas.bundle_pem(issuer)):
+        stale.append("bundle.pem")
+    if "chain.pem" in stale or have.get("fullchain.pem") != have.get("cert+chain"):
+        stale.append("fullchain.pem")
+    return stale
+
+
+def _chain_commands(cas: CAStore, issuer: str, directory: str) -> Iterator[Any]:
+    chain, bundle = cas.chain_pem(issuer), cas.bundle_pem(issuer)
+    yield FileUploadCommand(BytesIO(chain), new_name(f"{directory}/chain.pem"))
+    yield FileUploadCommand(BytesIO(bundle), new_name(f"{directory}/bundle.pem"))
+    d = q(directory)
+    fullchain_new = q(new_name(f"{directory}/fullchain.pem"))
+    yield (
+        f"cat {d}/cert.pem {q(new_name(f'{directory}/chain.pem'))} > {fullchain_new} && "
+        + install_command(directory, ["chain.pem", "bundle.pem", "fullchain.pem"], check_cert=False)
+    )
+
+
+def _issue(state: Any, host: Any, **kw: Any) -> bool:
+    """Execution time: CSR made on the host, signed here, files written beside and renamed."""
+    what = f"certificate {kw['cert_name']}"
+    directory = kw["directory"]
+    ok, output = host.run_shell_command(
+        StringCommand(csr_command(directory, kw["names"][0])),
+        print_output=state.print_output,
+        print_input=state.print_input,
+    )
+    lines = output.stdout_lines
+    if not ok or len(lines) < 3:
+        return _fail(state, host, f"{what}: cannot make a CSR with {directory}/key.pem")
+    spki, csr = lines[0].strip(), "\n".join(lines[1:]) + "\n"
+    expected = kw["expected_spki"]
+    if expected is not None and spki != expected:
+        return _fail(state, host, f"{what}: key.pem changed since the run read it; not signed")
+    try:
+        issued = _store(kw["store"]).sign_csr(
+            kw["issuer"],
+            csr.encode(),
+            names=kw["names"],
+            usages=kw["usages"],
+            validity_days=kw["validity_days"],
+            host=kw["host_id"],
+            cert_name=kw["cert_name"],
+            passphrase=_source(kw["passphrase"]),
+            expected_spki_sha256=spki,
+        )
+    except CAError as exc:
+        return _fail(state, host, f"{what}: {exc}")
+    files = {
+        "chain.pem": issued.chain_pem,
+        "bundle.pem": issued.bundle_pem,
+        "cert.pem": issued.cert_pem,
+        "fullchain.pem": issued.fullchain_pem,
+    }
+    for name, content in files.items():
+        if not host.put_file(BytesIO(content), new_name(f"{directory}/{name}")):
+            return _fail(state, host, f"{what}: cannot upload {name}")
+    ok, _ = host.run_shell_command(
+        StringCommand(install_command(directory, list(files), check_cert=True)),
+        print_output=state.print_output,
+        print_input=state.print_input,
+    )
+    if not ok:
+        return _fail(
+            state, host, f"{what}: serial {issued.serial:x} not installed (key.pem changed?)"
+        )
+    return True
+
+
+# -- hosts: trust anchors, CA bundles, CRLs -----------------------------------------------------
+
+
+def _files_fact(paths: Sequence[str], current: dict[str, str] | None) -> dict[str, str]:
+    if current is not None:
+        return current
+    facts = host.get_fact(PkiFiles, files=list(paths))
+    return facts["files"] if facts else {}
+
+
+@operation()
+def trust(
+    store: str,
+    anchors: Sequence[str] = (),
+    bundles: Sequence[str] = (),
+    current: dict[str, str] | None = None,
+):
+    """
+    Ensure the host trusts our CAs: their roots in the system store, their bundles in a file.
+
+    + store: the CA store directory on the controller
+    + anchors: root CAs to install as ``/usr/local/share/ca-certificates/pkinfra-<ca>.crt``
+      (then ``update-ca-certificates``, only when one changed); other ``pkinfra-*.crt`` go
+    + bundles: CAs whose bundle (the CA and its ancestors) goes to ``/etc/pkinfra/ca/<ca>.pem``
+    + current: the ``files`` of a ``PkiFiles`` fact already read (path -> SHA-256)
+
+    **Example:**
+
+    .. code:: python
+
+        pki.trust(store="pki", anchors=["duckcorp"], bundles=["duckcorp-monitoring"])
+    """
+    cas = _store(store)
+    wanted = {issue.trust_anchor_path(ca): ("anchor", ca) for ca in anchors}
+    wanted |= {issue.ca_bundle_path(ca): ("bundle", ca) for ca in bundles}
+    have = _files_fact([*wanted, f"{issue.TRUST_DIR}/pkinfra-*.crt"], current)
+    changed: list[str] = []
+    commands: list[Any] = []
+    for path, (kind, ca) in wanted.items():
+        info = _ca_or_error(cas, ca)
+        if info is None:
+            changed.append(f"{path} (CA made by this run)")
+            read = cas.root_pem if kind == "anchor" else cas.bundle_pem
+            commands.append(FunctionCommand(_publish, (path, _bind(read, ca), f"{kind} {ca}"), {}))
+            continue
+        content = cas.root_pem(ca) if kind == "anchor" else cas.bundle_pem(ca)
+        if have.get(path) != _sha256(content):
+            changed.append(path)
+            commands += list(_upload(path, content))
+    anchors_changed = any(p.startswith(issue.TRUST_DIR) for p in changed)
+    stale = sorted(
+        p for p in have if p.startswith(f"{issue.TRUST_DIR}/pkinfra-") and p not in wanted
+    )
+    if stale:
+        changed += [f"{p} (removed)" for p in stale]
+        commands.append(f"rm -f {' '.join(q(p) for p in stale)}")
+        anchors_changed = True
+    if not changed:
+        host.noop(f"trust: {', '.join(wanted) or 'nothing'} current")
+        return
+    _announce(f"trust: will write {', '.join(changed)}")
+    yield from commands
+    if anchors_changed:
+        yield "update-ca-certificates >/dev/null"
+
+
+def _bind(read: Callable[[str], bytes | None], ca: str) -> Callable[[], bytes | None]:
+    def bound() -> bytes | None:
+        return read(ca)
+
+    return bound
+
+
+@operation()
+def crls(
+    store: str,
+    cas: Sequence[str],
+    crl_days: dict[str, int] | None = None,
+    current: dict[str, str] | None = None,
+):
+    """
+    Ensure the host has the current CRL of each CA it checks, at ``/etc/pkinfra/crl/<ca>.pem``.
+
+    + store: the CA store directory on the controller
+    + cas: the CAs (every CA of a chain whose clients the host verifies)
+    + crl_days: per CA, the lifetime its ``pki.crl`` operation uses (default 7): a CRL that
+      operation re-issues in this run is deployed as it is then
+    + current: the ``files`` of a ``PkiFiles`` fact already read (path -> SHA-256)
+
+    **Example:**
+
+    .. code:: python
+
+        pki.crls(store="pki", cas=["duckcorp-monitoring", "duckcorp"])
+    """
+    store_ = _store(store)
+    days = crl_days or {}
+    have = _files_fact([issue.crl_path(ca) for ca in cas], current)
+    changed: list[str] = []
+    commands: list[Any] = []
+    for ca in cas:
+        path = issue.crl_path(ca)
+        info = _ca_or_error(store_, ca)
+        if info is not None and not info.can_sign_crl:
+            continue
+        if info is None or store_.crl_due(ca, issue.crl_window(days.get(ca, 7))):
+            changed.append(f"{path} (re-issued by this run)")
+            commands.append(
+                FunctionCommand(_publish, (path, _bind(store_.current_crl, ca), f"CRL {ca}"), {})
+            )
+            continue
+        content = store_.current_crl(ca)
+        assert content is not None  # not due, so it exists
+        if have.get(path) != _sha256(content):
+            changed.append(path)
+            commands += list(_upload(path, content))
+    if not changed:
+        host.noop(f"CRLs of {', '.join(cas)} current")
+        return
+    _announce(f"CRLs: will write {', '.join(changed)}")
+    yield from commands

@@ -45,3 +45,46 @@ def key_type_from_text_pub(text: str) -> str | None:
         if f"Public-Key: ({bits} bit)" in text and "Modulus" in text:
             return f"rsa-{bits}"
     return None
+
+
+# -- private PKI: certificate directories -------------------------------------------------------
+
+#: Shell: hex SHA-256 of the DER SubjectPublicKeyInfo of the PEM public key on stdin.
+SPKI_HASH = "openssl pkey -pubin -outform DER | sha256sum | cut -c1-64"
+
+
+def new_name(path: str) -> str:
+    """Where a file is written before it is renamed over ``path`` (same directory)."""
+    head, _, tail = path.rpartition("/")
+    return f"{head}/.{tail}.pkinfra-new"
+
+
+def csr_command(directory: str, common_name: str) -> str:
+    """Print the key's public-key hash, then a CSR made with it; the key stays in openssl.
+
+    The CSR only carries the public key (the CA takes names and usages from the inventory).
+    """
+    key = f"{directory}/key.pem"
+    return (
+        f"openssl pkey -in {q(key)} -pubout | {SPKI_HASH}"
+        f" && openssl req -new -key {q(key)} -subj {q('/CN=' + common_name)}"
+    )
+
+
+def install_command(directory: str, files: list[str], *, check_cert: bool) -> str:
+    """Make uploaded ``.<name>.pkinfra-new`` files public and rename them into place, in order.
+
+    With ``check_cert``, nothing is renamed unless the new cert.pem matches key.pem, so the live
+    paths never hold a certificate that does not match its key.
+    """
+    d = q(directory)
+    news = " ".join(q(new_name(f"{directory}/{f}")) for f in files)
+    steps = [f"chmod 0644 {news}"]
+    if check_cert:
+        new_cert = q(new_name(f"{directory}/cert.pem"))
+        steps.append(
+            f'[ "$(openssl x509 -in {new_cert} -noout -pubkey | {SPKI_HASH})"'
+            f' = "$(openssl pkey -in {d}/key.pem -pubout | {SPKI_HASH})" ]'
+        )
+    steps += [f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files]
+    return " && ".join(steps)

@@ -276,6 +276,9 @@ class Notify(_Model):
 
     signal: Literal["HUP", "USR1", "USR2", "TERM"] | None = None
     pidfile: AbsPath | None = None
+    #: The process name the pidfile must point at (default: the service's name); a pid that
+    #: belongs to anything else gets no signal.
+    process: str | None = None
     command: str | None = None
     restart: str | None = None
 

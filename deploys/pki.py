@@ -1,0 +1,110 @@
+"""The private PKI: the inventory's CAs and their CRLs on the controller, then on every host its
+CA-issued certificates, the CA roots and bundles it trusts, and the CRLs it checks.
+
+Controller work runs once per run, on the first host pyinfra reaches (``_run_once``): those
+operations touch no host, they only need a place in the run's order, before every certificate.
+Each host's state is read by one fact (``PkiFiles``, one remote command for all of it) and handed
+to the operations that need it.
+"""
+
+from pyinfra import host
+from pyinfra.api import DeployError
+
+from operations import pki
+from operations.context import inventory, this_host, track_certificate_op
+from operations.facts import PkiFiles
+from pkinfra import issue
+from pkinfra.ca import CAError
+
+site = inventory()
+spec = this_host()
+store = str(site.pki_dir)
+cas = site.settings.cas
+
+# A damaged CA store stops the run before anything is done, in one line (key problems, which
+# need the passphrase, are found when the key is first used, and fail only that operation).
+try:
+    for name in cas:
+        issue.existing_ca(issue.store_for(store), name)
+except CAError as exc:
+    raise DeployError(str(exc)) from None
+
+for name in issue.ca_order(site):
+    ca = cas[name]
+    imported = issue.import_paths(site, name)
+    pki.certificate_authority(
+        name=f"CA {name}",
+        ca=name,
+        store=store,
+        key_type=ca.key_type,
+        validity_days=ca.validity_days,
+        parent=ca.parent,
+        path_length=ca.path_length,
+        permitted=ca.permitted,
+        excluded=ca.excluded,
+        organization=ca.organization,
+        passphrase=issue.passphrase_spec(site, name),
+        parent_passphrase=issue.passphrase_spec(site, ca.parent) if ca.parent else None,
+        import_cert=str(imported[0]) if imported else None,
+        import_key=str(imported[1]) if imported else None,
+        _run_once=True,
+    )
+
+for name in issue.ca_order(site):
+    pki.crl(
+        name=f"CRL {name}",
+        ca=name,
+        store=store,
+        passphrase=issue.passphrase_spec(site, name),
+        crl_days=cas[name].crl_days,
+        _run_once=True,
+    )
+
+pki.removed_certificates(
+    name="Certificates removed from the inventory",
+    store=store,
+    holders=issue.holders(site),
+    _run_once=True,
+)
+
+plan = issue.host_plan(site, spec.fqdn)
+if not plan.empty:
+    # None while openssl is missing (a fresh host before the base packages): all is "missing".
+    state = host.get_fact(PkiFiles, directories=plan.directories, files=plan.files) or {
+        "directories": {},
+        "files": {},
+    }
+    for cert in plan.certificates:
+        directory = cert.host_directory
+        op = pki.certificate(
+            name="Host certificate",
+            directory=directory,
+            names=cert.names,
+            issuer=cert.issuer,
+            store=store,
+            host_id=spec.fqdn,
+            cert_name=cert.name,
+            passphrase=issue.passphrase_spec(site, cert.issuer),
+            key_type=cert.key_type,
+            usages=cert.usages,
+            validity_days=cert.validity_days,
+            renew_before_days=cert.renew_before_days,
+            current=state["directories"].get(directory, {"key": None, "cert": None, "sha256": {}}),
+        )
+        track_certificate_op(op)  # services deliver at execution time when it changed
+    if plan.anchors or plan.bundles:
+        pki.trust(
+            name="Trusted CAs",
+            store=store,
+            anchors=plan.anchors,
+            bundles=plan.bundles,
+            current=state["files"],
+        )
+    if plan.crls:
+        pki.crls(
+            name="CRLs",
+            store=store,
+            cas=plan.crls,
+            crl_days={ca: cas[ca].crl_days for ca in plan.crls},
+            current=state["files"],
+        )
