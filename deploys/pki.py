@@ -14,7 +14,7 @@ from operations import pki
 from operations.context import inventory, this_host, track_certificate_op
 from operations.facts import PkiFiles
 from pkinfra import issue
-from pkinfra.ca import CAError
+from pkinfra.ca import CAError, CAStore
 
 site = inventory()
 spec = this_host()
@@ -50,6 +50,20 @@ for name in issue.ca_order(site):
         _run_once=True,
     )
 
+# Removed certificates first: revoking them (revoke_removed) re-issues their CAs' CRLs below.
+revoking = sorted(
+    {r.ca for r in issue.removed_certificates(CAStore(site.pki_dir), issue.holders(site))}
+    if site.settings.revoke_removed and site.pki_dir.exists()
+    else set()
+)
+pki.removed_certificates(
+    name="Certificates removed from the inventory",
+    store=store,
+    holders=issue.holders(site),
+    revoke=site.settings.revoke_removed,
+    _run_once=True,
+)
+
 for name in issue.ca_order(site):
     pki.crl(
         name=f"CRL {name}",
@@ -57,15 +71,9 @@ for name in issue.ca_order(site):
         store=store,
         passphrase=issue.passphrase_spec(site, name),
         crl_days=cas[name].crl_days,
+        revoking=name in revoking,
         _run_once=True,
     )
-
-pki.removed_certificates(
-    name="Certificates removed from the inventory",
-    store=store,
-    holders=issue.holders(site),
-    _run_once=True,
-)
 
 plan = issue.host_plan(site, spec.fqdn)
 if not plan.empty:
@@ -106,5 +114,6 @@ if not plan.empty:
             store=store,
             cas=plan.crls,
             crl_days={ca: cas[ca].crl_days for ca in plan.crls},
+            revoking=[ca for ca in plan.crls if ca in revoking],
             current=state["files"],
         )

@@ -272,7 +272,13 @@ def _make_ca(state: Any, host: Any, **kw: Any) -> bool:
 
 
 @operation()
-def crl(ca: str, store: str, passphrase: str | None = None, crl_days: int = 7):
+def crl(
+    ca: str,
+    store: str,
+    passphrase: str | None = None,
+    crl_days: int = 7,
+    revoking: bool = False,
+):
     """
     Ensure the CA's CRL is current: issued again when missing, stale, lacking a revocation, or
     within half of ``crl_days`` of its next update (at execution time, on the controller).
@@ -281,6 +287,8 @@ def crl(ca: str, store: str, passphrase: str | None = None, crl_days: int = 7):
     + store: the CA store directory on the controller
     + passphrase: ``env:NAME`` or ``file:PATH`` for the CA key (None: unencrypted)
     + crl_days: the CRL's lifetime (its nextUpdate is this many days ahead)
+    + revoking: an earlier operation of this run revokes certificates of this CA (the CRL is
+      then issued after it, at execution time)
 
     **Example:**
 
@@ -293,10 +301,12 @@ def crl(ca: str, store: str, passphrase: str | None = None, crl_days: int = 7):
     if info is not None and not info.can_sign_crl:
         host.noop(f"CRL {ca}: the CA certificate may not sign CRLs (no cRLSign)")
         return
-    if info is not None and not cas.crl_due(ca, issue.crl_window(crl_days)):
+    if info is not None and not revoking and not cas.crl_due(ca, issue.crl_window(crl_days)):
         host.noop(f"CRL {ca} is current")
         return
     why = "CA made by this run" if info is None else "due (missing, old or lacking revocations)"
+    if revoking:
+        why = "certificates revoked by this run"
     _announce(f"CRL {ca}: will issue ({why})")
     yield FunctionCommand(
         _issue_crl, (), {"ca": ca, "store": store, "passphrase": passphrase, "days": crl_days}
@@ -314,16 +324,16 @@ def _issue_crl(state: Any, host: Any, ca: str, store: str, passphrase: str | Non
 
 
 @operation()
-def removed_certificates(store: str, holders: dict[str, list[str]]):
+def removed_certificates(store: str, holders: dict[str, list[str]], revoke: bool = False):
     """
     Report certificates the store still has as valid for a host of ``holders`` under a name the
-    inventory no longer gives that host (they are never silently left valid and forgotten).
+    inventory no longer gives that host (they are never silently left valid and forgotten), and
+    revoke them when ``revoke`` (the inventory's ``revoke_removed``).
 
     + store: the CA store directory on the controller
     + holders: every host (FQDN) of the inventory and the names of its CA-issued certificates
-
-    Only reports (a warning per certificate, with the command that revokes it); revoking is
-    the operator's decision: ``pkinfra ca revoke CA SERIAL``.
+    + revoke: revoke them (reason: cessationOfOperation) at execution time; otherwise only a
+      warning per certificate, with the command that revokes it
 
     **Example:**
 
@@ -332,15 +342,36 @@ def removed_certificates(store: str, holders: dict[str, list[str]]):
         pki.removed_certificates(store="pki", holders={"db1.example.test": ["postgres"]})
     """
     found = issue.removed_certificates(_store(store), holders)
+    if not found:
+        host.noop("no certificate removed from the inventory is still valid")
+        return
     for record in found:
-        logger.warning(
+        what = (
             f"certificate {record.host}/{record.cert_name} ({record.ca} {record.serial_hex}) is "
-            f"no longer in the inventory but still valid until {record.not_after:%Y-%m-%d}: "
-            f"pkinfra ca revoke {record.ca} {record.serial_hex}"
+            f"no longer in the inventory"
         )
-    host.noop(f"{len(found)} removed certificate(s) still valid" if found else "none removed")
-    return
-    yield
+        if revoke:
+            _announce(f"{what}: will revoke it (revoke_removed)")
+        else:
+            logger.warning(
+                f"{what} but still valid until {record.not_after:%Y-%m-%d}: "
+                f"pkinfra ca revoke {record.ca} {record.serial_hex}"
+            )
+    if not revoke:
+        host.noop(f"{len(found)} removed certificate(s) still valid (revoke_removed is off)")
+        return
+    serials = [(r.ca, r.serial_hex) for r in found]
+    yield FunctionCommand(_revoke_removed, (store, serials), {})
+
+
+def _revoke_removed(state: Any, host: Any, store: str, serials: list[tuple[str, str]]) -> bool:
+    cas = _store(store)
+    try:
+        for ca, serial in serials:
+            cas.revoke(ca, serial, reason="cessation_of_operation")
+    except CAError as exc:
+        return _fail(state, host, str(exc))
+    return True
 
 
 # -- hosts: certificates ------------------------------------------------------------------------
@@ -619,6 +650,7 @@ def trust(
       (then ``update-ca-certificates``, only when one changed); other ``pkinfra-*.crt`` go
     + bundles: CAs whose bundle (the CA and its ancestors) goes to ``/etc/pkinfra/ca/<ca>.pem``
     + current: the ``files`` of a ``PkiFiles`` fact already read (path -> SHA-256)
+    + revoking: CAs whose CRL this run re-issues for its own revocations
 
     **Example:**
 
@@ -673,6 +705,7 @@ def crls(
     cas: Sequence[str],
     crl_days: dict[str, int] | None = None,
     current: dict[str, str] | None = None,
+    revoking: Sequence[str] = (),
 ):
     """
     Ensure the host has the current CRL of each CA it checks, at ``/etc/pkinfra/crl/<ca>.pem``.
@@ -699,7 +732,7 @@ def crls(
         info = _ca_or_error(store_, ca)
         if info is not None and not info.can_sign_crl:
             continue
-        if info is None or store_.crl_due(ca, issue.crl_window(days.get(ca, 7))):
+        if info is None or ca in revoking or store_.crl_due(ca, issue.crl_window(days.get(ca, 7))):
             changed.append(f"{path} (re-issued by this run)")
             commands.append(
                 FunctionCommand(_publish, (path, _bind(store_.current_crl, ca), f"CRL {ca}"), {})

@@ -39,7 +39,16 @@ SECRET_CONTENTS = frozenset({"key", "combined"})
 SIGNALS = ("HUP", "USR1", "USR2", "TERM")
 
 #: Settings that only ``group_data/all.py`` may hold.
-GLOBAL_KEYS = ("pki_dir", "secrets_dir", "zones", "shadow_zone", "dns", "cas", "acme")
+GLOBAL_KEYS = (
+    "pki_dir",
+    "secrets_dir",
+    "zones",
+    "shadow_zone",
+    "dns",
+    "cas",
+    "acme",
+    "revoke_removed",
+)
 #: Per-host fields (host data, or a group file for every host of the group).
 HOST_KEYS = ("fqdn", "address", "records", "certificates", "services", "tlsa")
 
@@ -203,6 +212,8 @@ class Settings(_Model):
     dns: DnsServers
     cas: dict[Ident, CA] = {}
     acme: Acme | None = None
+    #: Revoke a CA-issued certificate once the inventory no longer has it (else: reported).
+    revoke_removed: bool = False
 
 
 # -- per host -----------------------------------------------------------------------------------

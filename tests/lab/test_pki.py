@@ -400,3 +400,31 @@ def test_wrong_passphrase_is_one_clear_line_and_nothing_is_overwritten(
     assert sh("pkinfra-db1", f"cat {directory}/fullchain.pem {directory}/key.pem").stdout == before
     assert not sh("pkinfra-db1", f"ls -a {directory}").stdout.count("pkinfra-new")
     assert totals(pyinfra("--limit", "@docker/pkinfra-db1"))[2] == "-"
+
+
+def test_revoke_removed_revokes_a_certificate_dropped_from_the_inventory(
+    deployed: str, inventory_copy: Path
+) -> None:
+    text = inventory_copy.read_text()
+    cert = text[text.index('                {\n                    "name": "backup",') :]
+    cert = cert[: cert.index("                },\n") + len("                },\n")]
+    service = text[text.index("                {\n                    # Stands in for a backup") :]
+    service = service[: service.index("                },\n") + len("                },\n")]
+    inventory_copy.write_text(text.replace(cert, "").replace(service, ""))
+    all_py = inventory_copy.parent / "group_data" / "all.py"
+    all_py.write_text(all_py.read_text() + "\nrevoke_removed = True\n")
+    serial = _serial("pkinfra-db1", "/etc/pkinfra/certs/backup")
+
+    out = pyinfra(inventory=inventory_copy)
+    assert "db1.example.test/backup" in out and "will revoke it (revoke_removed)" in out
+    crl = subprocess.run(
+        ["openssl", "crl", "-in", str(PKI / "duckcorp-backup" / "crl.pem"), "-noout", "-text"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.upper()
+    assert serial.upper() in crl.replace(":", "")
+
+    out = pyinfra()  # the real inventory has it again: a new certificate replaces the revoked one
+    assert "revoked" in out
+    assert _serial("pkinfra-db1", "/etc/pkinfra/certs/backup") != serial
