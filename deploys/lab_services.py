@@ -6,7 +6,8 @@ its daemons its own way; pkinfra only places files and notifies).
   restarted to read a new certificate (``openssl s_server`` on port 9102).
 - mx1: Postfix with STARTTLS on port 25, DANE-ready (DNSSEC lookups, validating resolver).
 
-Runs after deploys/services.py: on a first run the files are in place before a daemon starts.
+Runs before deploys/services.py (configuration, and the restart script that a notification may
+call); deploys/lab_start.py starts what is not running once the files are in place.
 """
 
 from io import StringIO
@@ -39,9 +40,6 @@ hostssl all         monitoring  172.29.53.0/24  cert map=pkinfra
 PG_IDENT = """# pkinfra lab: certificate CN -> database role
 pkinfra  mon1.monitoring.example.test  monitoring
 """
-MONITORING_ROLE = (
-    "DO $$BEGIN CREATE ROLE monitoring LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$"
-)
 
 BACKUP_AGENT = """#!/bin/sh
 # pkinfra lab: a TLS service that reads its certificate only when it starts.
@@ -70,10 +68,8 @@ POSTFIX = {
 }
 
 
-def running(pattern: str) -> bool:
-    return host.get_fact(Command, f"pgrep -x {q(pattern)} >/dev/null && echo yes || echo no") == (
-        "yes"
-    )
+def answer(command: str) -> bool:
+    return host.get_fact(Command, f"{command} >/dev/null 2>&1 && echo yes || echo no") == "yes"
 
 
 if "postgresql" in services:
@@ -103,20 +99,11 @@ if "postgresql" in services:
             mode="640",
         ),
     ]
-    if running("postgres"):
+    if answer("pgrep -x postgres"):
         server.shell(
-            name="Reload PostgreSQL",
+            name="Reload PostgreSQL (configuration changed)",
             commands=["pg_ctlcluster 15 main reload"],
             _if=lambda: any(op.did_change() for op in changed),
-        )
-    else:
-        server.shell(
-            name="Start PostgreSQL",
-            commands=[
-                "pg_ctlcluster 15 main start >/var/log/postgresql/pkinfra-start.log 2>&1"
-                " || { cat /var/log/postgresql/pkinfra-start.log; exit 1; }",
-                f"su postgres -c {q('psql -q -c ' + q(MONITORING_ROLE))}",
-            ],
         )
 
 if "backup-agent" in services:
@@ -126,15 +113,6 @@ if "backup-agent" in services:
         dest="/usr/local/sbin/lab-backup-agent",
         mode="755",
     )
-    if (
-        host.get_fact(
-            Command, "pgrep -f '^openssl s_server -accept 9102' >/dev/null && echo yes || echo no"
-        )
-        != "yes"
-    ):
-        server.shell(
-            name="Start the backup agent", commands=["/usr/local/sbin/lab-backup-agent start"]
-        )
 
 if "postfix" in services:
     keys = list(POSTFIX)
@@ -149,13 +127,5 @@ if "postfix" in services:
             name="Postfix TLS settings",
             commands=["postconf -e " + " ".join(q(f"{k}={v}") for k, v in differ.items())],
         )
-    if host.get_fact(Command, "postfix status >/dev/null 2>&1 && echo yes || echo no") == "yes":
-        if differ:
-            server.shell(name="Reload Postfix", commands=["postfix reload"])
-    else:
-        server.shell(
-            name="Start Postfix",
-            commands=[
-                "postfix start >/dev/null 2>&1 || { tail -n 5 /var/log/postfix.log; exit 1; }"
-            ],
-        )
+        if answer("postfix status"):
+            server.shell(name="Reload Postfix (settings changed)", commands=["postfix reload"])
