@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from pyinfra import local
+from pyinfra import local, logger
 from pyinfra.api import DeployError
 from pyinfra.operations import apt, files
 
 from operations import dns
 from operations.context import inventory, this_host
-from pkinfra import tsig, zones
+from pkinfra import publication, tsig, zones
 from pkinfra.model import Inventory
 
 HOST_KEY = "/etc/pkinfra/tsig.key"
@@ -49,9 +49,14 @@ def site_of(inv: Inventory) -> zones.Site:
 
 
 def ca_tlsa_records(inv: Inventory) -> list[zones.IncludedTLSA]:
-    """TLSA records of CA-issued certificates for the zones' include files (the DANE deploy
-    fills this from pki/; until then the include files are empty)."""
-    return []
+    """TLSA records of CA-issued certificates, from the CA store, for the zones' include files."""
+    records, missing = publication.ca_tlsa_records(inv)
+    for item in missing:
+        logger.info(
+            f"TLSA {item.owner}: published by the run after {item.host}'s certificate "
+            f"'{item.certificate}' is issued"
+        )
+    return records
 
 
 def key_sources(inv: Inventory) -> dict[str, str]:
