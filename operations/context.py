@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import DeployError
 
 from pkinfra.model import HostSpec, Inventory, active
@@ -42,3 +42,9 @@ def certificate_changed() -> Callable[[], bool]:
     """For ``_if=``: true at execution time when a tracked operation of this host changed."""
     ops = list(_certificate_ops.get(host.name, []))
     return lambda: any(op.did_change() for op in ops)
+
+
+def announce(message: str) -> None:
+    """Say why an operation changes something (printed by runs and ``--dry`` alike)."""
+    prefix = getattr(host, "print_prefix", f"[{host.name}] ")
+    logger.info(f"{prefix}{message}")

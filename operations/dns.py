@@ -19,6 +19,7 @@ from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.api.command import FileUploadCommand
 from typing_extensions import override
 
+from operations.context import announce
 from operations.facts import DirectoryFiles, FileDigest, ProcessId, ZoneHeader
 from operations.util import q
 from pkinfra import tsig
@@ -276,12 +277,18 @@ def named(
 
     if not changed_config and not changed_zones:
         if pid is None:
+            announce("named: not running; will start it")
             yield f"{NAMED_START} || {{ cat {NAMED_LOG} >&2; exit 1; }}"
             yield _wait_rndc()
             return
         host.noop(f"named (pid {pid}): configuration and {len(zones)} zones are current")
         return
 
+    reasons = [f"{p} changed" for p in changed_config] + [
+        f"zone {z['zone']} {'written first' if new else f'changed (serial {serial})'}"
+        for z, serial, new in changed_zones
+    ]
+    announce(f"named: {'; '.join(reasons)}")
     staged: list[str] = []
     for path in changed_config:
         staged.append(path + STAGED)

@@ -19,6 +19,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, operation
 
+from operations.context import announce
 from operations.facts import PkiDirInfo, PkiFiles, PrivateKey
 from operations.util import GENPKEY_ARGS, csr_command, genpkey, install_command, new_name, q
 from pkinfra import issue
@@ -84,12 +85,6 @@ def private_key(
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _announce(message: str) -> None:
-    """Say why an operation changes something (printed by runs and dry runs alike)."""
-    prefix = getattr(host, "print_prefix", f"[{host.name}] ")
-    logger.info(f"{prefix}{message}")
 
 
 def _fail(state: Any, where: Any, message: str) -> bool:
@@ -196,11 +191,11 @@ def certificate_authority(
         host.noop(text)
         return
     if import_cert is not None and import_key is not None:
-        _announce(f"CA {ca}: missing, will import {import_cert}")
+        announce(f"CA {ca}: missing, will import {import_cert}")
     elif parent is None:
-        _announce(f"CA {ca}: missing, will create a root CA ({key_type}, {validity_days} days)")
+        announce(f"CA {ca}: missing, will create a root CA ({key_type}, {validity_days} days)")
     else:
-        _announce(f"CA {ca}: missing, will create a sub-CA of {parent} ({key_type})")
+        announce(f"CA {ca}: missing, will create a sub-CA of {parent} ({key_type})")
     yield FunctionCommand(
         _make_ca,
         (),
@@ -307,7 +302,7 @@ def crl(
     why = "CA made by this run" if info is None else "due (missing, old or lacking revocations)"
     if revoking:
         why = "certificates revoked by this run"
-    _announce(f"CRL {ca}: will issue ({why})")
+    announce(f"CRL {ca}: will issue ({why})")
     yield FunctionCommand(
         _issue_crl, (), {"ca": ca, "store": store, "passphrase": passphrase, "days": crl_days}
     )
@@ -351,7 +346,7 @@ def removed_certificates(store: str, holders: dict[str, list[str]], revoke: bool
             f"no longer in the inventory"
         )
         if revoke:
-            _announce(f"{what}: will revoke it (revoke_removed)")
+            announce(f"{what}: will revoke it (revoke_removed)")
         else:
             logger.warning(
                 f"{what} but still valid until {record.not_after:%Y-%m-%d}: "
@@ -492,7 +487,7 @@ def certificate(
         reasons += [] if key is None and held is None else cert_reasons
         if ca_info is None:
             reasons.append(f"CA {issuer} is made by this run")
-        _announce(f"certificate {cert_name}: will issue: {', '.join(reasons)}")
+        announce(f"certificate {cert_name}: will issue: {', '.join(reasons)}")
         yield from commands
         yield FunctionCommand(
             _issue,
@@ -517,7 +512,7 @@ def certificate(
     if stale:
         reasons.append(f"{', '.join(stale)} out of date")
     if reasons:
-        _announce(f"certificate {cert_name}: {', '.join(reasons)}")
+        announce(f"certificate {cert_name}: {', '.join(reasons)}")
         yield from commands
         if stale:
             yield from _chain_commands(cas, issuer, directory)
@@ -686,7 +681,7 @@ def trust(
     if not changed:
         host.noop(f"trust: {', '.join(wanted) or 'nothing'} current")
         return
-    _announce(f"trust: will write {', '.join(changed)}")
+    announce(f"trust: will write {', '.join(changed)}")
     yield from commands
     if anchors_changed:
         yield "update-ca-certificates >/dev/null"
@@ -746,5 +741,5 @@ def crls(
     if not changed:
         host.noop(f"CRLs of {', '.join(cas)} current")
         return
-    _announce(f"CRLs: will write {', '.join(changed)}")
+    announce(f"CRLs: will write {', '.join(changed)}")
     yield from commands

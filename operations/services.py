@@ -11,6 +11,7 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
+from operations.context import announce
 from operations.facts import DeliveryPlan, FileDigest
 from operations.util import q
 from pkinfra import delivery
@@ -104,7 +105,8 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
     if not commands and not deliver:
         host.noop("services: every file in place, nothing pending")
         return
-    host.noop("services: " + "; ".join(reasons)) if reasons else None
+    if reasons:
+        announce("services: " + "; ".join(reasons))
     yield from commands
     if deliver:
         yield f"python3 {q(DELIVERY_AGENT)} --mapping {q(MAPPING_FILE)}"
