@@ -828,6 +828,55 @@ class RFC2136Client:
                 return False, f"{len(rrset)} other value(s)"
         return False, f"no {dns.rdatatype.to_text(rdtype)}"
 
+    def values(self, name: NameLike, rdtype: RdtypeLike) -> set[str]:
+        """The RRset the zone's primary serves now (presentation text; empty when absent),
+        asked with RD=0, as an update would change it."""
+        owner = _owner(name, "reading a record")
+        action = "reading a record"
+        try:
+            kind = _rdtype(rdtype)
+        except (dns.exception.DNSException, ValueError) as exc:
+            raise DNSUpdateError(action, str(exc), name=owner) from None
+        zone = self.zone_of(owner)
+        query = dns.message.make_query(owner, kind, use_edns=0, payload=EDNS_PAYLOAD)
+        query.flags &= ~dns.flags.RD
+        server = zone.primary
+        if server is None:
+            raise DNSUpdateError(
+                action,
+                f"primary {_text(zone.primary_name)} has no address; pass primary=",
+                name=owner,
+                zone=zone.name,
+            )
+        try:
+            response, _ = dns.query.udp_with_fallback(
+                query, server.address, timeout=self.timeout, port=server.port
+            )
+        except _WIRE_ERRORS as exc:
+            raise DNSUpdateError(
+                action,
+                _failure(exc, self.timeout, None)[1],
+                name=owner,
+                zone=zone.name,
+                server=str(server),
+            ) from None
+        rcode = response.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise DNSUpdateError(
+                action,
+                dns.rcode.to_text(rcode),
+                name=owner,
+                zone=zone.name,
+                server=str(server),
+                rcode=dns.rcode.to_text(rcode),
+            )
+        return {
+            rdata.to_text()
+            for rrset in response.answer
+            if rrset.name == owner and rrset.rdtype == kind
+            for rdata in rrset
+        }
+
     def wait_visible(
         self,
         name: NameLike,

@@ -1,0 +1,161 @@
+"""DANE TLSA records of ACME certificates, published by their host: ``pkinfra-dane-publish``.
+
+Run by certbot's deploy hook on a renewal (``RENEWED_LINEAGE``), by the pyinfra run, or by
+hand. For each publication of the configuration it follows the CNAME chain from the TLSA owner
+in the main zone (``_25._tcp.mx1.example.test``) to wherever it ends (the shadow zone: found,
+never configured), makes the TLSA RRset there exactly "3 1 1" of every certificate listed that
+exists (the current lineage, and the next one during a key rollover) with the host's TSIG key,
+in one update, and waits until every authoritative server serves the new set.
+
+``--check LINEAGE`` changes nothing: it exits 0 when every authoritative server serves the
+records of that lineage's publications, 1 otherwise (a delivery gate: a new key must not reach a
+service before its record is out).
+
+The configuration (``/etc/pkinfra/dane.json``, written by the deploy)::
+
+    {"tsig_key": "/etc/pkinfra/tsig.key", "ttl": 60, "timeout": 60,
+     "publications": [{"owner": "_25._tcp.mx1.example.test", "lineage": "mail",
+                       "certificates": ["/etc/letsencrypt/live/mail/cert.pem"]}]}
+
+Standard library, dnspython 2.3 and cryptography 38 only: this runs on Debian 12 hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pkinfra import tlsa
+from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
+
+CONFIG = "/etc/pkinfra/dane.json"
+
+
+class PublishError(Exception):
+    """One line for the operator: what could not be published, and why."""
+
+
+def _canonical(value: str) -> str:
+    usage, selector, mtype, *data = value.split()
+    return f"{usage} {selector} {mtype} {''.join(data).lower()}"
+
+
+def wanted(publication: dict[str, Any]) -> set[str]:
+    """3 1 1 of every listed certificate that exists (a next lineage may not exist yet)."""
+    values = set()
+    for path in publication["certificates"]:
+        try:
+            pem = Path(path).read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise PublishError(f"{path}: {exc.strerror}") from None
+        values.add(_canonical(tlsa.TLSARecord.from_pem(pem).to_text()))
+    if not values:
+        raise PublishError(f"{publication['owner']}: none of its certificates exists yet")
+    return values
+
+
+def publish(client: RFC2136Client, publication: dict[str, Any], ttl: int, timeout: float) -> str:
+    """Make the RRset exactly the wanted records; return what was done."""
+    owner = publication["owner"]
+    want = wanted(publication)
+    target, _ = client.follow_cnames(owner)
+    have = {_canonical(v) for v in client.values(target, "TLSA")}
+    if have == want:
+        return f"{owner}: {len(want)} record(s) current"
+    client.replace(target, "TLSA", sorted(want), ttl)
+    for value in want - have:
+        client.wait_visible(target, "TLSA", value, timeout=timeout)
+    for value in have - want:
+        client.wait_visible(target, "TLSA", value, present=False, timeout=timeout)
+    return (
+        f"{owner}: published {len(want)} record(s) (+{len(want - have)} "
+        f"-{len(have - want)}), served by every authoritative server"
+    )
+
+
+def visible(client: RFC2136Client, publication: dict[str, Any], timeout: float) -> str:
+    """'' when every authoritative server serves the wanted records, else why not."""
+    owner = publication["owner"]
+    target, _ = client.follow_cnames(owner)
+    for value in sorted(wanted(publication)):
+        try:
+            client.wait_visible(target, "TLSA", value, timeout=timeout)
+        except DNSUpdateError as exc:
+            return f"{owner}: the record for the new key is not served everywhere yet ({exc})"
+    return ""
+
+
+def load(path: str) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot read {path}: {exc}") from None
+    return config
+
+
+def client_for(config: dict[str, Any]) -> RFC2136Client:
+    key = TSIGKey.from_file(config.get("tsig_key", "/etc/pkinfra/tsig.key"))
+    options: dict[str, Any] = {"timeout": float(config.get("query_timeout", 3.0))}
+    for name in ("resolvers", "port", "primary", "server_addresses"):
+        if name in config:
+            options[name] = config[name]
+    return RFC2136Client(key, **options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pkinfra-dane-publish", description="Publish TLSA records of ACME certificates."
+    )
+    parser.add_argument("--config", default=CONFIG)
+    parser.add_argument(
+        "--lineage",
+        help="only this lineage's publications "
+        "(default: RENEWED_LINEAGE's name when certbot runs the hook)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 unless every server serves the records",
+    )
+    args = parser.parse_args(argv)
+    lineage = args.lineage
+    if lineage is None and os.environ.get("RENEWED_LINEAGE"):
+        lineage = Path(os.environ["RENEWED_LINEAGE"]).name
+    try:
+        config = load(args.config)
+        pubs = [
+            p
+            for p in config.get("publications", [])
+            if lineage is None or p.get("lineage") == lineage
+        ]
+        if not pubs:
+            print(
+                f"pkinfra-dane-publish: no TLSA publication for lineage '{lineage}'; nothing to do"
+            )
+            return 0
+        client = client_for(config)
+        timeout = float(config.get("timeout", 60))
+        for pub in pubs:
+            if args.check:
+                why = visible(client, pub, timeout=min(timeout, 5.0))
+                if why:
+                    print(f"pkinfra-dane-publish: {why}", file=sys.stderr)
+                    return 1
+                print(f"{pub['owner']}: served by every authoritative server")
+            else:
+                print(publish(client, pub, int(config.get("ttl", 60)), timeout))
+    except (PublishError, DNSUpdateError, tlsa.TLSAError) as exc:
+        print(f"pkinfra-dane-publish: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The host's TLSA publisher against a real BIND primary and secondary (named_fixture)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pkinfra import tlsa
+from pkinfra.agent import dane_publish
+from tests.unit.named_fixture import MX1_TLSA, NamedLab, named_binary, running_lab
+
+OWNER = "_25._tcp.mx1.example.test."
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamedLab]:
+    if named_binary() is None:
+        pytest.skip("named is not installed (apt-get install bind9); the project setup installs it")
+    with running_lab(tmp_path_factory.mktemp("named")) as running:
+        yield running
+
+
+def certificate(directory: Path, name: str) -> tuple[Path, str]:
+    cert = directory / f"{name}.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-days",
+            "2",
+            "-keyout",
+            str(directory / "k.pem"),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, tlsa.TLSARecord.from_pem(cert.read_bytes()).to_text()
+
+
+def config(named: NamedLab, tmp_path: Path, certificates: list[str], **extra: Any) -> Path:
+    path = tmp_path / "dane.json"
+    path.write_text(
+        json.dumps(
+            {
+                "tsig_key": str(named.key_file("mx1-key")),
+                "ttl": 5,
+                "timeout": 10,
+                "resolvers": [named.primary.server],
+                "port": named.primary.port,
+                "server_addresses": {"ns2.example.test": named.secondary.server},
+                "publications": [{"owner": OWNER, "lineage": "mail", "certificates": certificates}],
+                **extra,
+            }
+        )
+    )
+    return path
+
+
+def served(named: NamedLab) -> dict[str, set[str]]:
+    return {s.name: named.values(s, MX1_TLSA, "TLSA") for s in named.servers}
+
+
+def test_publish_follows_the_cname_and_rolls_over_without_a_gap(
+    named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    current, current_rr = certificate(tmp_path, "current")
+    nxt, next_rr = certificate(tmp_path, "next")
+    cfg = config(named, tmp_path, [str(current), str(nxt)])
+
+    # Only the current certificate exists at first (the next lineage is not issued yet).
+    nxt.rename(tmp_path / "later.pem")
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert "published 1 record(s) (+1 -0)" in capsys.readouterr().out
+    assert all(v == {current_rr} for v in served(named).values())
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert "1 record(s) current" in capsys.readouterr().out
+
+    # Rollover, step 1: current + next; the gate then says the next record is out everywhere.
+    (tmp_path / "later.pem").rename(nxt)
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert all(v == {current_rr, next_rr} for v in served(named).values())
+    assert dane_publish.main(["--config", str(cfg), "--check", "--lineage", "mail"]) == 0
+
+    # Step 2: the service uses the next key, the old record goes.
+    cfg = config(named, tmp_path, [str(nxt)])
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert "(+0 -1)" in capsys.readouterr().out
+    assert all(v == {next_rr} for v in served(named).values())
+
+
+def test_gate_says_no_while_a_record_is_not_served(
+    named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fresh, _ = certificate(tmp_path, "unpublished")
+    cfg = config(named, tmp_path, [str(fresh)])
+    assert dane_publish.main(["--config", str(cfg), "--check"]) == 1
+    assert "not served everywhere yet" in capsys.readouterr().err
+
+
+def test_unknown_lineage_does_nothing(
+    named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, _ = certificate(tmp_path, "x")
+    cfg = config(named, tmp_path, [str(cert)])
+    before = served(named)
+    assert dane_publish.main(["--config", str(cfg), "--lineage", "www"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert served(named) == before
+
+
+def test_a_refused_update_is_one_line(
+    named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, _ = certificate(tmp_path, "y")
+    cfg = config(named, tmp_path, [str(cert)], tsig_key=str(named.key_file("web1-key")))
+    assert dane_publish.main(["--config", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pkinfra-dane-publish: ") and "REFUSED" in err
+    assert len(err.splitlines()) == 1
