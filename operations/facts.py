@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -345,6 +346,138 @@ class DirectoryFiles(FactBase[list[str] | None]):
         return output[1:]
 
 
+# -- ACME (operations/acme.py) --------------------------------------------------------------------
+
+
+class CertbotLineage(FactBase[Any]):
+    """A certbot lineage: its renewal configuration and the live certificate (public data only).
+
+    Returns None when neither ``renewal/<name>.conf`` nor ``live/<name>/`` exists, else a
+    ``pkinfra.acme.LineageInfo``. The key's public half is hashed on the host; the renewal
+    configuration names an account id and hooks, never a secret.
+    """
+
+    @override
+    def command(self, cert_name: str) -> str:
+        conf = q(f"/etc/letsencrypt/renewal/{cert_name}.conf")
+        live = f"/etc/letsencrypt/live/{cert_name}"
+        cert, key = q(f"{live}/cert.pem"), q(f"{live}/privkey.pem")
+        return "\n".join(
+            [
+                f"[ -f {conf} ] || [ -d {q(live)} ] || exit 0",
+                "echo '@lineage'",
+                f"[ ! -f {conf} ] || sed 's/^/r|/' {conf}",
+                f"if [ -f {cert} ]; then",
+                f" openssl x509 -in {cert} -noout -startdate -enddate -nameopt RFC2253 -issuer"
+                " -ext subjectAltName 2>/dev/null | sed 's/^/c|/'",
+                "fi",
+                f"if [ -f {key} ]; then",
+                f' echo "k|$(openssl pkey -in {key} -pubout 2>/dev/null'
+                ' | openssl pkey -pubin -outform DER 2>/dev/null | sha256sum | cut -c1-64)"',
+                "fi",
+                "true",
+            ]
+        )
+
+    @override
+    def process(self, output: list[str]) -> Any:
+        if not output or output[0] != "@lineage":
+            return None
+        renewal: dict[str, str] = {}
+        webroot_map: dict[str, str] = {}
+        section = ""
+        cert: list[str] = []
+        spki: str | None = None
+        for line in output[1:]:
+            tag, _, rest = line.partition("|")
+            if tag == "r":
+                text = rest.strip()
+                if text.startswith("["):
+                    section = text
+                elif text and not text.startswith("#") and "=" in text:
+                    key, _, value = text.partition("=")
+                    if section == "[[webroot_map]]":
+                        webroot_map[key.strip()] = value.strip()
+                    else:
+                        renewal[key.strip()] = value.strip()
+            elif tag == "c":
+                cert.append(rest)
+            elif tag == "k":
+                # The hash of empty input: openssl could not read the key.
+                empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                spki = rest if rest and rest != empty else None
+        info = _parse_acme_x509(cert)
+        return {"renewal": renewal, "webroot_map": webroot_map, **info, "key_spki_sha256": spki}
+
+
+def _parse_acme_x509(lines: list[str]) -> dict[str, Any]:
+    fields: dict[str, str] = {}
+    san = ""
+    in_san = False
+    for line in lines:
+        if line.startswith("X509v3 Subject Alternative Name"):
+            in_san = True
+        elif in_san and line.startswith(" "):
+            san += line.strip()
+        elif "=" in line:
+            in_san = False
+            key, _, value = line.partition("=")
+            fields[key] = value
+
+    def when(key: str) -> str | None:
+        try:
+            parsed = dt.datetime.strptime(fields[key], "%b %d %H:%M:%S %Y %Z")
+        except (KeyError, ValueError):
+            return None
+        return parsed.replace(tzinfo=dt.UTC).isoformat()
+
+    issuer = fields.get("issuer")
+    cn = re.search(r"(?:^|,)CN=((?:[^,\\]|\\.)*)", issuer) if issuer else None
+    names = [n.strip()[4:].lower() for n in san.split(",") if n.strip().startswith("DNS:")]
+    return {
+        "names": names if "notAfter" in fields else None,
+        "not_before": when("notBefore"),
+        "not_after": when("notAfter"),
+        "issuer": (cn.group(1) if cn else issuer) if issuer else None,
+    }
+
+
+class CertbotAccounts(FactBase[Any]):
+    """certbot's accounts on one ACME directory and whether the server still knows them.
+
+    Returns ``{"ids": [...], "state": "valid" | "unknown" | "unchecked" | "none"}``: ``unknown``
+    when the server answers ``accountDoesNotExist`` (a restarted Pebble forgets every account),
+    ``unchecked`` when it could not be asked. certbot 2.1's ``show_account`` crashes on that
+    answer, so its debug log (a private temporary directory) is read instead.
+    """
+
+    @override
+    def command(self, server: str) -> str:
+        from pkinfra.acme import account_dir
+
+        directory = q(account_dir(server))
+        return "\n".join(
+            [
+                f'[ -d {directory} ] && [ -n "$(ls -A {directory})" ]'
+                " || { echo 'state|none'; exit 0; }",
+                f"ls -1 {directory} | sed 's/^/id|/'",
+                "l=$(mktemp -d)",
+                f'if certbot show_account --server {q(server)} --logs-dir "$l" >/dev/null 2>&1;'
+                " then echo 'state|valid';",
+                'elif grep -q accountDoesNotExist "$l"/letsencrypt.log 2>/dev/null;'
+                " then echo 'state|unknown';",
+                "else echo 'state|unchecked'; fi",
+                'rm -rf "$l"',
+            ]
+        )
+
+    @override
+    def process(self, output: list[str]) -> Any:
+        ids = [line[3:].strip() for line in output if line.startswith("id|")]
+        states = [line[6:].strip() for line in output if line.startswith("state|")]
+        return {"ids": ids, "state": states[-1] if states else "unchecked"}
+
+
 # -- services (operations/services.py) ----------------------------------------------------------
 
 
@@ -369,3 +502,23 @@ class DeliveryPlan(FactBase[dict[str, Any] | None]):
                 result: dict[str, Any] = json.loads(line)
                 return result
         return None
+
+
+# -- DANE (operations/dane.py) ------------------------------------------------------------------
+
+
+class DaneServed(FactBase[str | None]):
+    """Whether every authoritative server serves the TLSA records of the host's ACME
+    certificates: ``served``, ``stale``, or None when the publisher is not installed."""
+
+    @override
+    def command(self, publisher: str, config: str) -> str:
+        return (
+            f"if [ -x {q(publisher)} ] && [ -f {q(config)} ]; then"
+            f" if {q(publisher)} --check --config {q(config)} >/dev/null 2>&1;"
+            " then echo served; else echo stale; fi; fi"
+        )
+
+    @override
+    def process(self, output: list[str]) -> str | None:
+        return output[0].strip() if output else None

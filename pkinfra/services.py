@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from pkinfra import issue
+from pkinfra.acme import DANE_PUBLISH
 from pkinfra.model import Certificate, HostSpec, Inventory, Service, ServiceFile
 
 #: Where the agent and its mapping live on a managed host.
@@ -60,10 +61,13 @@ def service_entry(inventory: Inventory, host: HostSpec, svc: Service) -> dict[st
         notify = {k: v for k, v in svc.notify.model_dump().items() if v is not None}
         if svc.notify.signal:
             notify.setdefault("process", svc.name)
+    published = cert.is_acme and any(t.certificate == cert.name for t in host.tlsa)
     return {
         "name": svc.name,
         "certificate": cert.name,
         "lineage": cert.name if cert.is_acme else None,
+        # A new key waits until its TLSA record is served everywhere (DANE, RFC 7671).
+        "gate": f"{DANE_PUBLISH} --check --lineage {cert.name}" if published else None,
         "files": [
             {
                 "path": f.path,

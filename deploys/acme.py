@@ -1,0 +1,147 @@
+"""ACME certificates on every host that has one: certbot, its account, the lineages.
+
+What a renewal needs lives on the host, so ``certbot renew`` from cron or by hand (in a clean
+environment) behaves like this deploy: the ACME server's TLS CA in the system store (when it is
+not public), the lineage's renewal configuration (server, webroot or hooks, key type,
+``reuse_key``), pkinfra's DNS-01 hook in ``/usr/local/bin`` with its code in
+``/usr/local/lib/pkinfra`` and its configuration naming the host's TSIG key (installed by
+deploys/dns.py). HTTP-01 hosts get an nginx server block on port 80 that serves the webroot's
+``/.well-known/acme-challenge/``. Renewals: Debian's certbot package ships its systemd timer and
+``/etc/cron.d/certbot`` (used where systemd does not run).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from io import StringIO
+from pathlib import Path
+
+from pyinfra.api import DeployError
+from pyinfra.operations import apt, files
+
+from operations import acme as acme_ops
+from operations.context import inventory, this_host, track_certificate_op
+from pkinfra import acme
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Where deploys/dns.py installs the host's own TSIG key.
+HOST_TSIG_KEY = "/etc/pkinfra/tsig.key"
+NGINX_SITE = "/etc/nginx/sites-enabled/pkinfra-acme-challenge"
+
+
+def nginx_site(webroots: dict[str, list[str]]) -> str:
+    """One port-80 server block per webroot serving only the challenge directory."""
+    blocks = [
+        "# Written by pkinfra (deploys/acme.py): HTTP-01 challenges from the webroot.",
+    ]
+    for webroot, names in sorted(webroots.items()):
+        blocks += [
+            "server {",
+            "    listen 80;",
+            "    listen [::]:80;",
+            f"    server_name {' '.join(names)};",
+            "    location ^~ /.well-known/acme-challenge/ {",
+            f"        root {webroot};",
+            "        default_type text/plain;",
+            "        try_files $uri =404;",
+            "    }",
+            "}",
+        ]
+    return "\n".join(blocks) + "\n"
+
+
+inv = inventory()
+spec = this_host()
+settings = inv.settings.acme
+certificates = [c for c in spec.certificates if c.is_acme]
+if certificates:
+    if settings is None:
+        raise DeployError(f"pkinfra: {spec.fqdn} has ACME certificates but no acme settings")
+    dns01 = [c for c in certificates if c.challenge == "dns-01"]
+    http01 = [c for c in certificates if c.challenge == "http-01"]
+    apt.packages(name="certbot", packages=["certbot", "python3-dnspython"], update=False)
+    # Debian's timer and cron job already start renewals at a random time; certbot's own
+    # extra sleep (up to 8 minutes whenever stdin is not a terminal) only delays a renewal
+    # started by hand or by a test.
+    files.line(
+        name="certbot: no second random sleep",
+        path="/etc/letsencrypt/cli.ini",
+        line=r"^no-random-sleep-on-renew\b.*$",
+        replace="no-random-sleep-on-renew = True",
+    )
+
+    if settings.ca_bundle is not None:
+        bundle = inv.base_dir / settings.ca_bundle
+        if not bundle.is_file():
+            raise DeployError(
+                f"pkinfra: acme.ca_bundle {bundle} does not exist (in the lab, the Pebble deploy"
+                " on the acme_servers group makes it: run deploys/site.py without --limit once)"
+            )
+        acme_ops.server_trust(
+            name="Trust the ACME server's TLS CA",
+            pem=bundle.read_text(),
+            source=str(settings.ca_bundle),
+        )
+
+    # The agent: DNS-01 hooks, and the TLSA publisher of ACME certificates (deploys/dane.py).
+    acme_tlsa = [t for t in spec.tlsa if t.certificate in {c.name for c in certificates}]
+    if dns01 or acme_tlsa:
+        for relative in ("pkinfra/__init__.py", *acme.AGENT_FILES):
+            files.put(
+                name=f"pkinfra agent: {relative}",
+                src=str(ROOT / relative),
+                dest=f"{acme.LIB_DIR}/{relative}",
+                mode="0644",
+                create_remote_dir=True,
+            )
+        files.put(
+            name="pkinfra agent: certbot hook",
+            src=StringIO(acme.hook_wrapper()),
+            dest=acme.HOOK,
+            mode="0755",
+        )
+        files.put(
+            name="pkinfra agent: hook configuration",
+            src=StringIO(
+                acme.hook_config(HOST_TSIG_KEY, ttl=inv.settings.shadow_zone.challenge_ttl)
+            ),
+            dest=acme.HOOK_CONFIG,
+            mode="0644",
+            create_remote_dir=True,
+        )
+
+    if http01:
+        webroots: dict[str, list[str]] = defaultdict(list)
+        for cert in http01:
+            assert cert.webroot is not None, "validated: http-01 has a webroot"
+            webroots[cert.webroot] += [n for n in cert.names if n not in webroots[cert.webroot]]
+        for webroot in webroots:
+            files.directory(name=f"Webroot {webroot}", path=webroot, mode="0755")
+        site = files.put(
+            name="nginx: HTTP-01 challenge location",
+            src=StringIO(nginx_site(webroots)),
+            dest=NGINX_SITE,
+            mode="0644",
+        )
+        acme_ops.nginx(name="nginx running", reload=site.will_change)
+
+    registered = acme_ops.account(
+        name=f"certbot account on {settings.directory}",
+        server=settings.directory,
+        contact=settings.contact,
+    )
+    for cert in certificates:
+        assert cert.challenge is not None, "validated: ACME certificates have a challenge"
+        op = acme_ops.certificate(
+            name="ACME certificate (certbot lineage)",
+            cert_name=cert.name,
+            names=cert.names,
+            challenge=cert.challenge,
+            server=settings.directory,
+            key_type=cert.key_type,
+            webroot=cert.webroot,
+            renew_before_days=cert.renew_before_days,
+            certbot_args=settings.certbot_args,
+            account_replaced=registered.will_change,
+        )
+        track_certificate_op(op)  # first issuance: services get their files in this run

@@ -1,0 +1,359 @@
+"""Operations for ACME certificates: certbot account and lineages, the ACME server's TLS trust,
+nginx serving HTTP-01 challenges, and (lab only) Pebble with a TLS certificate of the lab's CA.
+
+Decisions are made by ``pkinfra.acme`` from facts read before the first ``yield``, so ``--dry``
+says why a lineage would be (re)issued. certbot itself runs on the host: everything a renewal
+needs is saved in the lineage's renewal configuration and in files the deploy writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.api.command import FileUploadCommand
+from typing_extensions import override
+
+from operations.facts import (
+    CertbotAccounts,
+    CertbotLineage,
+    FileDigest,
+    PkiFiles,
+    ProcessId,
+)
+from operations.util import q
+from pkinfra import acme
+
+PEBBLE_STATE = "/run/pkinfra-pebble.args"
+PEBBLE_LOG = "/var/log/pebble.log"
+
+
+class _Bytes(BytesIO):
+    """Bytes to upload; its repr names their hash, not an object address (stable fixtures)."""
+
+    @override
+    def __repr__(self) -> str:
+        return f"<bytes sha256:{_sha256(self.getvalue())[:16]}>"
+
+
+def _announce(message: str) -> None:
+    """Say why an operation changes something (printed by runs and dry runs alike)."""
+    prefix = getattr(host, "print_prefix", f"[{host.name}] ")
+    logger.info(f"{prefix}{message}")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _shell(args: Sequence[str]) -> str:
+    return " ".join(q(a) for a in args)
+
+
+@operation()
+def server_trust(pem: str, source: str, current: Any = None):
+    """Trust the ACME server's own TLS CA in the system store (what certbot's requests reads).
+
+    A clean-environment ``certbot renew`` (cron, by hand) reads no ``REQUESTS_CA_BUNDLE`` and
+    certbot 2.1 has no CA-bundle option: on Debian, requests uses
+    ``/etc/ssl/certs/ca-certificates.crt``, rebuilt by ``update-ca-certificates``.
+
+    + pem: the CA certificate(s), PEM
+    + source: where it came from (for messages)
+    + current: the ``FileDigest`` fact of the trust file (read here when not given)
+
+    **Example:**
+
+    .. code:: python
+
+        acme.server_trust(pem=Path(".lab/pebble-ca.pem").read_text(), source=".lab/pebble-ca.pem")
+    """
+    if "BEGIN CERTIFICATE" not in pem:
+        raise OperationError(f"ACME server CA bundle {source}: no PEM certificate in it")
+    path = acme.TRUST_PATH
+    have = current if current is not None else host.get_fact(FileDigest, path)
+    data = pem.encode()
+    if isinstance(have, dict) and have["sha256"] == _sha256(data):
+        host.noop(f"ACME server CA from {source} is trusted ({path})")
+        return
+    staged = f"{path}.pkinfra-new"
+    yield f"mkdir -p {q(path.rpartition('/')[0])}"
+    yield FileUploadCommand(_Bytes(data), staged)
+    yield f"chmod 0644 {q(staged)} && mv -f {q(staged)} {q(path)}"
+    yield "update-ca-certificates >/dev/null"
+
+
+@operation()
+def account(server: str, contact: str | None = None, current: Any = None):
+    """A certbot ACME account on ``server`` that the server knows (certbot keeps its key).
+
+    An account the server no longer knows (a restarted Pebble forgets them all) is removed and
+    registered again; lineages then need ``account_replaced`` (see ``certificate``).
+
+    + server: the ACME directory URL
+    + contact: e-mail for expiry notices; None registers without one
+    + current: the ``CertbotAccounts`` fact (read here when not given)
+    """
+    accounts = current if current is not None else host.get_fact(CertbotAccounts, server)
+    state, ids = accounts["state"], accounts["ids"]
+    if state == "valid":
+        host.noop(f"certbot has an account on {server} ({ids[0] if ids else '?'})")
+        return
+    if state == "unchecked":
+        # Typically the ACME server starts later in this run (the lab's Pebble): ask again then.
+        _announce(f"ACME server {server} could not be asked: checking the account when it runs")
+        yield acme.recheck_account_script(server, contact)
+        return
+    if state == "unknown":
+        _announce(f"ACME account {', '.join(ids)} is unknown to {server}: registering again")
+        yield f"rm -rf {q(acme.account_dir(server))}"
+    yield _shell(acme.register_args(server, contact))
+
+
+@operation()
+def certificate(
+    cert_name: str,
+    names: Sequence[str],
+    challenge: str,
+    server: str,
+    key_type: str = "ec-p256",
+    webroot: str | None = None,
+    renew_before_days: int | None = None,
+    certbot_args: Sequence[str] = (),
+    account_replaced: bool = False,
+    current: Any = None,
+    now: str | None = None,
+):
+    """A certbot lineage with exactly ``names``, not due, renewable by certbot on its own.
+
+    A missing lineage is issued; a change of names reissues under the same ``--cert-name``
+    (the key is kept); a lineage due for renewal, or whose saved settings differ, is renewed
+    with ``--force-renewal``. Otherwise nothing happens.
+
+    + cert_name: the lineage (``/etc/letsencrypt/live/<cert_name>/``)
+    + names: DNS names, first = subject
+    + challenge: ``http-01`` (with ``webroot``) or ``dns-01`` (pkinfra's hook)
+    + server: the ACME directory URL
+    + key_type: ``ec-p256``, ``ec-p384`` or ``rsa-*``
+    + renew_before_days: renew this many days before expiry; None: a third of the lifetime
+    + certbot_args: extra arguments for certbot
+    + account_replaced: this run registers a new account (the lineage must move to it)
+    + current: the ``CertbotLineage`` fact (read here when not given); now: ISO time (tests)
+
+    **Example:**
+
+    .. code:: python
+
+        acme.certificate(
+            cert_name="mail", names=["mx1.example.test"], challenge="dns-01",
+            server="https://acme-v02.api.letsencrypt.org/directory",
+        )
+    """
+    try:
+        acme.key_args(key_type)
+    except acme.AcmeError as exc:
+        raise OperationError(f"certificate {cert_name}: {exc}") from None
+    lineage = current if current is not None else host.get_fact(CertbotLineage, cert_name)
+    moment = dt.datetime.fromisoformat(now) if now else dt.datetime.now(dt.UTC)
+    reason, force, new_key = acme.lineage_reason(
+        lineage,
+        cert_name=cert_name,
+        names=names,
+        challenge=challenge,
+        server=server,
+        key_type=key_type,
+        webroot=webroot,
+        renew_before_days=renew_before_days,
+        now=moment,
+    )
+    if reason is None and account_replaced and lineage is not None:
+        # The account step may register again; only then (its old directory is gone) must the
+        # lineage move to the new account: certonly saves the account it used.
+        old = lineage["renewal"].get("account", "")
+        args = acme.certonly_args(
+            cert_name=cert_name,
+            names=names,
+            challenge=challenge,
+            server=server,
+            key_type=key_type,
+            webroot=webroot,
+            force=True,
+            extra=certbot_args,
+        )
+        _announce(f"certificate {cert_name}: renewed if its ACME account is registered again")
+        yield f"[ -d {q(acme.account_dir(server) + '/' + old)} ] || {_shell(args)}"
+        return
+    if reason is None:
+        host.noop(acme.describe_current(lineage, cert_name))
+        return
+    args = acme.certonly_args(
+        cert_name=cert_name,
+        names=names,
+        challenge=challenge,
+        server=server,
+        key_type=key_type,
+        webroot=webroot,
+        force=force,
+        new_key=new_key,
+        extra=certbot_args,
+    )
+    _announce(reason)
+    if webroot is not None:
+        yield f"mkdir -p {q(webroot)}"
+    yield _shell(args)
+
+
+@operation()
+def nginx(reload: bool = False, pid: int | None = None):
+    """nginx running with its current configuration (started, or reloaded after a change).
+
+    + reload: the configuration changed in this run
+    + pid: nginx's master PID (the ``ProcessId`` fact; read here when not given)
+    """
+    running = pid if pid is not None else host.get_fact(ProcessId, "nginx")
+    if running and not reload:
+        host.noop(f"nginx is running (pid {running})")
+        return
+    if running:
+        yield "nginx -t -q && nginx -s reload"
+    else:
+        # nginx daemonizes; its output must not keep the connector's exec open.
+        yield "nginx -t -q && nginx >/dev/null 2>&1"
+
+
+# -- lab: Pebble ----------------------------------------------------------------------------------
+
+
+def _fail(state: Any, host: Any, message: str) -> bool:
+    """An execution-time failure in one line; the operation then counts as failed."""
+    host.log_styled(f"pkinfra: {message}", fg="red", log_func=logger.error)
+    return False
+
+
+def _sign_server(state: Any, host: Any, directory: str, names: list[str], bundle: str) -> bool:
+    """Execution time: a CSR made on the host with its key, signed by the lab CA here."""
+    key = f"{directory}/key.pem"
+    ok, output = host.run_shell_command(
+        StringCommand(f"openssl req -new -key {q(key)} -subj {q('/CN=' + names[0])}"),
+    )
+    if not ok:
+        return _fail(state, host, f"ACME server certificate: cannot make a CSR with {key}")
+    csr = ("\n".join(output.stdout_lines) + "\n").encode()
+    try:
+        cert = acme.sign_server_csr(Path(bundle), csr, names)
+    except acme.AcmeError as exc:
+        return _fail(state, host, f"ACME server certificate: {exc}")
+    staged = f"{directory}/.cert.pem.pkinfra-new"
+    if not host.put_file(BytesIO(cert), staged):
+        return _fail(state, host, f"ACME server certificate: cannot upload {staged}")
+    ok, _ = host.run_shell_command(
+        StringCommand(f"chmod 0644 {q(staged)} && mv -f {q(staged)} {q(directory)}/cert.pem")
+    )
+    return bool(ok) or _fail(state, host, f"ACME server certificate: cannot install in {directory}")
+
+
+@operation()
+def server_certificate(
+    directory: str,
+    names: Sequence[str],
+    ca_bundle: str,
+    ca_key_id: str,
+    current: Any = None,
+    now: str | None = None,
+):
+    """The ACME server's TLS key (made on the host) and a certificate of the lab CA for it.
+
+    + directory: holds ``key.pem`` and ``cert.pem``
+    + names: the server's DNS names
+    + ca_bundle: the lab CA's certificate on the controller (its key beside it signs)
+    + ca_key_id: the CA's subject key identifier, hex (a certificate naming another is replaced)
+    + current: the ``PkiFiles`` fact's entry for ``directory`` (read here when not given)
+    """
+    if current is None:
+        facts = host.get_fact(PkiFiles, directories=[directory])
+        current = facts["directories"].get(directory)
+    key = (current or {}).get("key")
+    cert = (current or {}).get("cert")
+    moment = dt.datetime.fromisoformat(now) if now else dt.datetime.now(dt.UTC)
+    reason = None
+    if not key or not key.get("spki_sha256"):
+        reason = "no key"
+    elif not isinstance(cert, dict):
+        reason = "no certificate"
+    elif sorted(cert["names"]) != sorted(names):
+        reason = f"names {', '.join(cert['names'])}"
+    elif cert["issuer_key_id"] != ca_key_id:
+        reason = "issued by another CA"
+    elif cert["spki_sha256"] != key["spki_sha256"]:
+        reason = "certificate does not match the key"
+    elif dt.datetime.fromisoformat(cert["not_after"]) - moment < dt.timedelta(days=30):
+        reason = f"expires {cert['not_after'][:10]}"
+    if reason is None:
+        host.noop(f"ACME server certificate is current ({', '.join(names)})")
+        return
+    _announce(f"ACME server certificate: {reason}")
+    yield f"mkdir -p {q(directory)}"
+    if not key or not key.get("spki_sha256"):
+        yield (
+            f"(umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256"
+            f" -out {q(directory)}/key.pem)"
+        )
+    yield FunctionCommand(_sign_server, (directory, list(names), ca_bundle), {})
+
+
+def pebble_command(config: str, dnsserver: str, env: dict[str, str]) -> str:
+    """The exact command line Pebble runs with (also what marks it as current)."""
+    settings = " ".join(f"{k}={q(v)}" for k, v in sorted(env.items()))
+    return f"env {settings} /usr/bin/pebble -config {q(config)} -dnsserver {q(dnsserver)}"
+
+
+@operation()
+def pebble(
+    config: str,
+    dnsserver: str,
+    env: dict[str, str],
+    restart: bool = False,
+    listen_port: int = 14000,
+    pid: int | None = None,
+    state: Any = None,
+):
+    """Pebble running in the background with exactly this command line.
+
+    Pebble forgets its accounts and makes a new root at every start, so it is restarted only
+    when its command line, configuration or certificate changed (``restart``).
+
+    + config: the JSON configuration file
+    + dnsserver: ``addr:port`` of the resolver Pebble asks (it does not chase CNAMEs itself)
+    + env: ``PEBBLE_*`` settings
+    + restart: the configuration or certificate changed in this run
+    + pid, state: the ``ProcessId`` fact and the ``FileDigest`` of the saved command line
+    """
+    command = pebble_command(config, dnsserver, env)
+    running = pid if pid is not None else host.get_fact(ProcessId, "pebble")
+    saved = state if state is not None else host.get_fact(FileDigest, PEBBLE_STATE)
+    same = isinstance(saved, dict) and saved["sha256"] == _sha256(f"{command}\n".encode())
+    if running and same and not restart:
+        host.noop(f"pebble is running (pid {running}) with this configuration")
+        return
+    why = "not running" if not running else ("changed" if restart or not same else "")
+    _announce(f"pebble: {why}")
+    if running:
+        yield (
+            f"kill {running}; for i in $(seq 50); do kill -0 {running} 2>/dev/null || break;"
+            " sleep 0.1; done"
+        )
+    yield (
+        f"echo {q(command)} > {PEBBLE_STATE} && cd / && setsid {command}"
+        f" >>{PEBBLE_LOG} 2>&1 </dev/null &"
+    )
+    # Bounded wait until the ACME port listens, so the next operations can use it.
+    yield (
+        f"for i in $(seq 100); do ss -ltn | grep -q ':{listen_port} ' && exit 0; sleep 0.1; done;"
+        f" echo 'pebble did not start; see {PEBBLE_LOG}' >&2; tail -5 {PEBBLE_LOG} >&2; exit 1"
+    )
