@@ -40,23 +40,15 @@ def site_of(inv: Inventory) -> zones.Site:
     """The rendering of the whole inventory, once per pyinfra run (every host uses it)."""
     if id(inv) not in _sites:
         try:
-            _sites[id(inv)] = zones.render_site(
-                inv, tlsa=ca_tlsa_records(inv), keys=zones.key_names(inv)
-            )
+            _sites[id(inv)], missing = publication.dns_site(inv)
         except (zones.ZoneError, tsig.TSIGError) as exc:
             raise DeployError(f"pkinfra: {exc}") from None
+        for item in missing:
+            logger.info(
+                f"TLSA {item.owner}: published by the run after {item.host}'s certificate "
+                f"'{item.certificate}' is issued"
+            )
     return _sites[id(inv)]
-
-
-def ca_tlsa_records(inv: Inventory) -> list[zones.IncludedTLSA]:
-    """TLSA records of CA-issued certificates, from the CA store, for the zones' include files."""
-    records, missing = publication.ca_tlsa_records(inv)
-    for item in missing:
-        logger.info(
-            f"TLSA {item.owner}: published by the run after {item.host}'s certificate "
-            f"'{item.certificate}' is issued"
-        )
-    return records
 
 
 def key_sources(inv: Inventory) -> dict[str, str]:

@@ -5,7 +5,8 @@ its daemons its own way; pkinfra only places files and notifies).
   by CN), the CRLs of every CA in that chain; and a stand-in backup agent that has to be
   restarted to read a new certificate (``openssl s_server`` on port 9102).
 - mx1: Postfix with STARTTLS on port 25, DANE-ready (DNSSEC lookups, validating resolver).
-- web1: nginx on 443 with its ACME certificate (port 80 and the challenges: deploys/acme.py).
+- web1: nginx on 443 with its ACME certificate: see deploys/lab_start.py (port 80 and the
+  challenges: deploys/acme.py).
 
 Runs before deploys/services.py (configuration, and the restart script that a notification may
 call); deploys/lab_start.py starts what is not running once the files are in place.
@@ -69,17 +70,6 @@ POSTFIX = {
 }
 
 
-NGINX_TLS = f"""# pkinfra lab: HTTPS with the files pkinfra delivers (see inventory.py, web1)
-server {{
-    listen 443 ssl;
-    server_name {" ".join(n for c in spec.certificates if c.name == "web" for n in c.names)};
-    ssl_certificate /etc/nginx/tls/web.crt;
-    ssl_certificate_key /etc/nginx/tls/web.key;
-    root /var/www/html;
-}}
-"""
-
-
 def answer(command: str) -> bool:
     return host.get_fact(Command, f"{command} >/dev/null 2>&1 && echo yes || echo no") == "yes"
 
@@ -141,19 +131,3 @@ if "postfix" in services:
         )
         if answer("postfix status"):
             server.shell(name="Reload Postfix (settings changed)", commands=["postfix reload"])
-
-if "nginx" in services:
-    site = files.put(
-        name="nginx HTTPS server",
-        src=StringIO(NGINX_TLS),
-        dest="/etc/nginx/sites-enabled/pkinfra-tls",
-        mode="644",
-    )
-    if answer("pgrep -x nginx"):
-        # On a first run the certificate is not delivered yet: nginx -t fails and nginx keeps
-        # its configuration until the delivery's SIGHUP, which finds the files in place.
-        server.shell(
-            name="Reload nginx (HTTPS server changed)",
-            commands=["if nginx -t -q 2>/dev/null; then nginx -s reload; fi"],
-            _if=site.did_change,
-        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from pkinfra import zones
 from pkinfra.ca import CAStore, Record
 from pkinfra.model import Inventory, tlsa_owner
 from pkinfra.zones import IncludedTLSA
@@ -59,3 +60,10 @@ def ca_tlsa_records(
                 continue
             records.append(IncludedTLSA(owner=owner, value=f"3 1 1 {record.spki_sha256}"))
     return records, missing
+
+
+def dns_site(inventory: Inventory) -> tuple[zones.Site, list[Unpublished]]:
+    """Every DNS server's files as the deploy installs them: the CA-issued TLSA records from the
+    store and the TSIG key names from the controller (a rotation's next key included)."""
+    records, missing = ca_tlsa_records(inventory)
+    return zones.render_site(inventory, tlsa=records, keys=zones.key_names(inventory)), missing

@@ -50,3 +50,26 @@ def docker_client() -> Iterator[Any]:
         pytest.fail(str(exc), pytrace=False)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def site_deployed(lab_up: lab.LabStatus) -> str:
+    """The whole site deployed once per session (``deploys/site.py``, as ``make demo`` does):
+    every lab module starts from a converged lab and deploys only what it changes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    pyinfra = Path(sys.executable).parent / "pyinfra"
+    run = subprocess.run(
+        [str(pyinfra), "-y", "inventory.py", "deploys/site.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = run.stdout + run.stderr
+    if run.returncode != 0:
+        pytest.fail(f"deploys/site.py failed:\n{out[-6000:]}", pytrace=False)
+    return out

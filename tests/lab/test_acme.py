@@ -64,7 +64,7 @@ def challenge_txt() -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed(lab_up: object) -> subprocess.CompletedProcess[str]:
+def deployed(site_deployed: str) -> subprocess.CompletedProcess[str]:
     cname = sh("pkinfra-mx1", "dig +short _acme-challenge.mx1.example.test CNAME").stdout
     if "shadow.test" not in cname:
         pytest.fail("the DNS master is not deployed: run deploys/site.py first", pytrace=False)

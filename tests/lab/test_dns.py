@@ -27,7 +27,7 @@ import dns.rdatatype
 import dns.renderer
 import pytest
 
-from pkinfra import zones
+from pkinfra import publication
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 from pkinfra.model import Delegation, Inventory, load_inventory_file
 
@@ -109,7 +109,7 @@ def key(fqdn: str) -> TSIGKey:
 
 
 @pytest.fixture(scope="module")
-def deployed(lab_up: object) -> Inventory:
+def deployed(site_deployed: str) -> Inventory:
     # The hosts these tests use (the DNS deploy still renders from the whole inventory).
     hosts = ["pkinfra-ns1", "pkinfra-ns2", "pkinfra-resolver", "pkinfra-mx1", "pkinfra-web1"]
     run = pyinfra(*DEPLOYS, *[arg for h in hosts for arg in ("--limit", f"@docker/{h}")])
@@ -119,8 +119,7 @@ def deployed(lab_up: object) -> Inventory:
 
 def ns1_is_current() -> bool:
     """Whether ns1 holds what the real inventory renders (config and main zone), cheaply."""
-    inventory = load_inventory_file(ROOT / "inventory.py")
-    site = zones.render_site(inventory, keys=zones.key_names(inventory))
+    site, _ = publication.dns_site(load_inventory_file(ROOT / "inventory.py"))
     local = "/etc/bind/named.conf.local"
     want = hashlib.sha256(site.primary.config[local].encode()).hexdigest()
     main = site.primary.zones[0]

@@ -57,7 +57,7 @@ def host_key_name() -> str:
     return first.split('"')[1]
 
 
-def test_rotation_keeps_the_host_able_to_update(lab_up: object) -> None:
+def test_rotation_keeps_the_host_able_to_update(site_deployed: str) -> None:
     deploy()
     before = tsig.host_keys(SECRETS, HOST)
     old_key = TSIGKey.from_file(before.current.path)
@@ -83,5 +83,5 @@ def test_rotation_keeps_the_host_able_to_update(lab_up: object) -> None:
     assert host_key_name() == nxt.name
     assert can_update(new_key) == "OK"
     assert can_update(old_key) in ("BADKEY", "REFUSED", "NOTAUTH")
-    on_primary = docker("pkinfra-ns1", "ls /etc/bind/pkinfra/keys")
+    on_primary = docker("pkinfra-ns1", "ls /etc/bind/pkinfra/keys").split()
     assert f"{nxt.name}.key" in on_primary and f"{before.current.name}.key" not in on_primary

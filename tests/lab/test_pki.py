@@ -92,7 +92,7 @@ def key_states() -> dict[tuple[str, str], str]:
 
 
 @pytest.fixture(scope="module")
-def deployed(lab_up: object) -> str:
+def deployed(site_deployed: str) -> str:
     return pyinfra()
 
 

@@ -107,7 +107,7 @@ def revoke(ca: str, serial: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployed(lab_up: object) -> str:
+def deployed(site_deployed: str) -> str:
     return deploy()
 
 

@@ -36,7 +36,7 @@ def pyinfra(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def site_run(lab_up: object) -> subprocess.CompletedProcess[str]:
+def site_run(site_deployed: str) -> subprocess.CompletedProcess[str]:
     return pyinfra()
 
 
