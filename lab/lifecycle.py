@@ -25,6 +25,7 @@ from lab.topology import (
     NETWORK,
     SSH_ROLES,
     container_name,
+    hostname,
     resolv_conf,
 )
 
@@ -115,6 +116,21 @@ def _ensure_container(client: Any, role: str, found: Any | None, image: images.I
     return container
 
 
+def _ensure_acme_server_ca() -> None:
+    """The CA of the lab ACME server's TLS certificate (the inventory's ``acme.ca_bundle``):
+    every host's deploy trusts it, so it exists before any deploy is planned."""
+    from pkinfra.acme import AcmeError, ensure_server_ca
+
+    bundle = LAB_DIR / "pebble-ca.pem"
+    existed = bundle.exists()
+    try:
+        ensure_server_ca(bundle, [hostname("acme")])
+    except (AcmeError, OSError, ValueError) as exc:
+        raise LabError(f"the lab ACME server's CA {bundle}: {exc}") from None
+    if not existed:
+        say(f"made the lab ACME server's CA ({bundle})")
+
+
 def up() -> LabStatus:
     """Bring the lab up (building images if needed) and return its status; LabError if not."""
     started = time.monotonic()
@@ -143,6 +159,7 @@ def up() -> LabStatus:
             say(f"wrote {KNOWN_HOSTS}")
         for role in SSH_ROLES:
             ssh.wait_for_ssh(HOSTS[role])
+        _ensure_acme_server_ca()
         result = _status(client, image)
     if not result.ok:
         broken = [h.line() for h in result.hosts if not h.ok]
