@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from operations.context import announce
 from operations.facts import DirectoryFiles, FileDigest, ProcessId, ZoneHeader
-from operations.util import q
+from operations.util import ownership_fixes, q
 from pkinfra import tsig
 from pkinfra.zones import next_serial
 
@@ -102,15 +102,12 @@ def secret_file(
     if info is False:
         raise OperationError(f"secret {path}: exists but is not a regular file; not touching it")
     if isinstance(info, dict) and info["sha256"] == wanted:
-        changed = False
-        if (info["owner"], info["group"]) != (owner, group):
-            yield f"chown {q(owner)}:{q(group)} {q(path)}"
-            changed = True
-        if info["mode"] != mode.rjust(4, "0"):
-            yield f"chmod {mode} {q(path)}"
-            changed = True
-        if not changed:
+        fixes = ownership_fixes(
+            path, info["owner"], info["group"], info["mode"], owner, group, mode
+        )
+        if not fixes:
             host.noop(f"secret {path} is current ({mode} {owner}:{group})")
+        yield from fixes
         return
     if wanted is None:
         assert make_key is not None

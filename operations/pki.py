@@ -21,7 +21,15 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, Stri
 
 from operations.context import announce
 from operations.facts import PkiDirInfo, PkiFiles, PrivateKey
-from operations.util import GENPKEY_ARGS, csr_command, genpkey, install_command, new_name, q
+from operations.util import (
+    GENPKEY_ARGS,
+    csr_command,
+    genpkey,
+    install_command,
+    new_name,
+    ownership_fixes,
+    q,
+)
 from pkinfra import issue
 from pkinfra.ca import CAError, CAStore, PassphraseSource
 
@@ -73,15 +81,10 @@ def private_key(
             f"key {path}: is {info['key_type']}, the inventory wants {key_type}; "
             "a new key type needs a key rollover"
         )
-    changed = False
-    if (info["owner"], info["group"]) != (owner, group):
-        yield f"chown {q(owner)}:{q(group)} {q(path)}"
-        changed = True
-    if info["mode"] != mode.rjust(4, "0"):
-        yield f"chmod {mode} {q(path)}"
-        changed = True
-    if not changed:
+    fixes = ownership_fixes(path, info["owner"], info["group"], info["mode"], owner, group, mode)
+    if not fixes:
         host.noop(f"key {path} exists ({key_type}, {mode} {owner}:{group})")
+    yield from fixes
 
 
 # -- helpers ------------------------------------------------------------------------------------

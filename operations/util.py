@@ -20,6 +20,18 @@ def q(value: str) -> str:
     return shlex.quote(value)
 
 
+def ownership_fixes(
+    path: str, have_owner: str, have_group: str, have_mode: str, owner: str, group: str, mode: str
+) -> list[str]:
+    """The chown/chmod that bring an existing file to ``owner:group`` and ``mode`` (or none)."""
+    fixes = []
+    if (have_owner, have_group) != (owner, group):
+        fixes.append(f"chown {q(owner)}:{q(group)} {q(path)}")
+    if have_mode != mode.rjust(4, "0"):
+        fixes.append(f"chmod {mode} {q(path)}")
+    return fixes
+
+
 def genpkey(path: str, key_type: str, owner: str = "root", group: str = "root") -> str:
     """Make a private key on the host: umask 077, written beside, then renamed into place.
 
