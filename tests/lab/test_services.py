@@ -70,12 +70,12 @@ def psql(cert: str, key: str) -> subprocess.CompletedProcess[str]:
     return sh("pkinfra-mon1", f"psql '{conninfo}' -tAc 'select current_user'")
 
 
-def served_serial(port: int, starttls: str | None = None) -> str:
-    """The serial of the certificate db1 serves on ``port``, seen from mon1."""
+def served_serial(port: int, starttls: str | None = None, host: str = "db1.example.test") -> str:
+    """The serial of the certificate ``host`` serves on ``port``, seen from mon1."""
     tls = f"-starttls {starttls}" if starttls else ""
     run = sh(
         "pkinfra-mon1",
-        f"openssl s_client -connect db1.example.test:{port} {tls} "
+        f"openssl s_client -connect {host}:{port} {tls} "
         "</dev/null 2>/dev/null | openssl x509 -noout -serial",
     )
     assert run.returncode == 0, run.stderr
@@ -244,3 +244,36 @@ def test_deploy_hook_for_an_unknown_lineage_does_nothing(deployed: str) -> None:
         "python3 /usr/local/lib/pkinfra/delivery.py --plan --mapping /etc/pkinfra/services.json",
     )
     assert all(not s["changed"] for s in json.loads(plan.stdout)["services"])
+
+
+def test_clean_environment_renewal_reaches_postfix_without_a_restart(deployed: str) -> None:
+    def master_pid() -> str:
+        return sh("pkinfra-mx1", "cat /var/spool/postfix/pid/master.pid").stdout.strip()
+
+    live = "/etc/letsencrypt/live/mail/cert.pem"
+    pid, before = master_pid(), served_serial(25, "smtp", "mx1.example.test")
+    assert before == file_serial("pkinfra-mx1", live)
+    # certbot alone, as cron would run it: its deploy hooks publish TLSA, then deliver.
+    renew = subprocess.run(
+        [
+            "docker",
+            "exec",
+            "pkinfra-mx1",
+            "env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "certbot",
+            "renew",
+            "--force-renewal",
+            "--cert-name",
+            "mail",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert renew.returncode == 0, renew.stdout[-2000:] + renew.stderr[-2000:]
+    after = file_serial("pkinfra-mx1", live)
+    assert after != before
+    assert served_serial(25, "smtp", "mx1.example.test") == after
+    assert master_pid() == pid, "a reload, not a restart"

@@ -150,10 +150,12 @@ def test_failed_notification_stays_pending_and_is_retried(site: dict[str, Any]) 
 
 @pytest.fixture
 def hup_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
-    got = tmp_path / "got-hup"
+    got, ready = tmp_path / "got-hup", tmp_path / "trap-set"
     proc = subprocess.Popen(
-        ["sh", "-c", f"trap 'echo hup >> {got}' HUP; while :; do sleep 0.05; done"]
+        ["sh", "-c", f"trap 'echo hup >> {got}' HUP; : > {ready}; while :; do sleep 0.05; done"]
     )
+    # A SIGHUP before the trap is set would end the shell: wait until it is set.
+    assert wait_for(ready)
     pidfile = tmp_path / "svc.pid"
     pidfile.write_text(f"{proc.pid}\n")
     yield proc, pidfile, got
