@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -151,8 +152,11 @@ def test_failed_notification_stays_pending_and_is_retried(site: dict[str, Any]) 
 @pytest.fixture
 def hup_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     got, ready = tmp_path / "got-hup", tmp_path / "trap-set"
+    # A shell cannot trap a signal that was ignored when it started (as under nohup, which may
+    # run the whole test session): give it the default SIGHUP disposition first.
     proc = subprocess.Popen(
-        ["sh", "-c", f"trap 'echo hup >> {got}' HUP; : > {ready}; while :; do sleep 0.05; done"]
+        ["sh", "-c", f"trap 'echo hup >> {got}' HUP; : > {ready}; while :; do sleep 0.05; done"],
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     # A SIGHUP before the trap is set would end the shell: wait until it is set.
     assert wait_for(ready)
