@@ -329,6 +329,14 @@ def named(
         yield _install(zone["path"] + STAGED, zone["path"], "bind", "bind", "0644")
 
     if pid is None:
+        # A static zone's raw journal holds the differences between our earlier files; one
+        # rewritten while named was down no longer follows from it, and named would refuse the
+        # zone ("journal out of sync"). The signed zone and its journal are kept.
+        stale = [
+            f"{z['path']}.jnl" for z, _s, new in changed_zones if not z.get("dynamic") and not new
+        ]
+        if stale:
+            yield f"rm -f {' '.join(q(p) for p in stale)}"
         yield f"{NAMED_START} || {{ cat {NAMED_LOG} >&2; exit 1; }}"
         yield _wait_rndc()
         return

@@ -175,9 +175,13 @@ def notify(service: dict[str, Any]) -> str:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
+            running = _running(expected)
+            if not running:
+                # Left over from before a reboot or a crash: it reads the files when it starts.
+                return f"{expected} is not running (stale pidfile {pidfile}); nothing to signal"
             raise DeliveryError(
-                f"pidfile {pidfile} names pid {pid}, which is not running "
-                "(stale pidfile); no signal sent"
+                f"pidfile {pidfile} names pid {pid}, which is not running, but {expected} runs "
+                f"(pid {', '.join(map(str, running))}): stale pidfile; no signal sent"
             ) from None
         if not comm.startswith(expected[:15]):
             raise DeliveryError(

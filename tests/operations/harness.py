@@ -8,6 +8,7 @@ notes one) or ``exception`` (class name and message) for an operation that must 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from typing import Any
 
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
+
+from pkinfra import delivery
 
 FIXTURES = Path(__file__).parent
 
@@ -101,8 +104,20 @@ class Case:
         return f"{self.module}.{self.operation}/{self.name}"
 
 
+#: Placeholders a fixture may use for values that follow the code (a file it uploads).
+PLACEHOLDERS = {
+    "@DELIVERY_AGENT_SHA256@": hashlib.sha256(Path(delivery.__file__).read_bytes()).hexdigest(),
+}
+
+
+def _expand(text: str) -> str:
+    for name, value in PLACEHOLDERS.items():
+        text = text.replace(name, value)
+    return text
+
+
 def cases() -> Iterator[Case]:
     for folder in sorted(p for p in FIXTURES.iterdir() if p.is_dir() and "." in p.name):
         module, op_name = folder.name.split(".", 1)
         for path in sorted(folder.glob("*.json")):
-            yield Case(module, op_name, path.stem, json.loads(path.read_text()))
+            yield Case(module, op_name, path.stem, json.loads(_expand(path.read_text())))

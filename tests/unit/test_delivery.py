@@ -204,15 +204,32 @@ def test_stale_or_missing_pidfile(
     dead.wait()
     pidfile = tmp_path / "stale.pid"
     pidfile.write_text(f"{dead.pid}\n")
-    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "svc"}
-    assert "stale pidfile" in (run(site).error or "")
+    proc, _, got = hup_process
+    # Stale while a process of that name runs: which one to signal is unknown; none is.
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
+    result = run(site)
+    assert "stale pidfile" in (result.error or "") and "no signal sent" in (result.error or "")
+    assert proc.poll() is None and not got.exists()
+    assert (site["state"] / "svc").exists(), "still pending for the next run"
     # Missing while such a process runs: the pidfile path is wrong; nothing is signalled.
     pidfile.unlink()
-    proc, _, got = hup_process
     site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
     error = run(site).error or ""
     assert "is missing but sh runs" in error and "no signal sent" in error
     assert proc.poll() is None and not got.exists()
+    pidfile.write_text(f"{dead.pid}\n")
+    # Stale and no such process at all (a reboot): not running, it reads the files at start.
+    site["service"]["notify"] = {
+        "signal": "HUP",
+        "pidfile": str(pidfile),
+        "process": "pkinfra-gone",
+    }
+    result = run(site)
+    assert result.error is None
+    assert (
+        result.notified
+        == f"pkinfra-gone is not running (stale pidfile {pidfile}); nothing to signal"
+    )
 
 
 def test_service_not_started_yet_is_not_an_error(site: dict[str, Any], tmp_path: Path) -> None:
