@@ -125,7 +125,8 @@ if certificates:
         )
         acme_ops.nginx(name="nginx running", reload=site.will_change)
 
-    registered = acme_ops.account(
+    # Runs first: each lineage below compares its saved account with what this step finds.
+    acme_ops.account(
         name=f"certbot account on {settings.directory}",
         server=settings.directory,
         contact=settings.contact,
@@ -142,6 +143,5 @@ if certificates:
             webroot=cert.webroot,
             renew_before_days=cert.renew_before_days,
             certbot_args=settings.certbot_args,
-            account_replaced=registered.will_change,
         )
         track_certificate_op(op)  # first issuance: services get their files in this run

@@ -8,14 +8,15 @@ before ``50-pkinfra-deliver`` copies the files into services.
 
 import json
 from io import StringIO
+from typing import Any
 
 from pyinfra.operations import files
 
 from operations import dane
 from operations.context import certificate_changed, inventory, this_host
 from pkinfra import acme
-from pkinfra.model import tlsa_owner
-from pkinfra.services import certificate_files
+from pkinfra.model import NEXT_SUFFIX, tlsa_owner
+from pkinfra.services import DELIVERY_AGENT, MAPPING_FILE, certificate_files
 
 inv = inventory()
 spec = this_host()
@@ -24,13 +25,21 @@ for pub in spec.tlsa:
     cert = spec.certificate(pub.certificate)
     if cert is None or not cert.is_acme:
         continue
+    # The next lineage exists only during a key rollover; its record then joins the set.
+    next_cert = cert.model_copy(update={"name": cert.name + NEXT_SUFFIX})
     publications.append(
         {
             "owner": tlsa_owner(pub.port, pub.proto, spec.tlsa_name(pub)),
             "lineage": cert.name,
-            "certificates": [certificate_files(cert)["cert"]],
+            "lineages": [cert.name, next_cert.name],
+            "certificates": [
+                certificate_files(cert)["cert"],
+                certificate_files(next_cert)["cert"],
+            ],
         }
     )
+published = {p["lineage"] for p in publications}
+acme_certs = [c for c in spec.certificates if c.is_acme]
 
 if publications:
     config = files.put(
@@ -41,6 +50,7 @@ if publications:
                     "tsig_key": "/etc/pkinfra/tsig.key",
                     "ttl": inv.settings.shadow_zone.tlsa_ttl,
                     "timeout": 60,
+                    "rollover_dir": acme.ROLLOVER_DIR,
                     "publications": publications,
                 },
                 indent=1,
@@ -74,3 +84,57 @@ if publications:
         after_change=True,
         _if=certificate_changed(),
     )
+
+# Key rollover (pkinfra.agent.rollover): asked by a certificate's ``rollover`` label; a
+# rollover in progress on the host resumes even without one.
+if acme_certs and inv.settings.acme is not None:
+    settings = inv.settings.acme
+    certificates: dict[str, dict[str, Any]] = {}
+    for cert in acme_certs:
+        assert cert.challenge is not None, "validated: ACME certificates have a challenge"
+        certificates[cert.name] = {
+            "next": cert.name + NEXT_SUFFIX,
+            "ttl": inv.settings.shadow_zone.tlsa_ttl if cert.name in published else 0,
+            "certbot_next": acme.certonly_args(
+                cert_name=cert.name + NEXT_SUFFIX,
+                names=cert.names,
+                challenge=cert.challenge,
+                server=settings.directory,
+                key_type=cert.key_type,
+                webroot=cert.webroot,
+                extra=settings.certbot_args,
+            ),
+        }
+    files.put(
+        name="Key rollover configuration",
+        src=StringIO(
+            json.dumps(
+                {
+                    "state_dir": acme.ROLLOVER_DIR,
+                    "dane_config": acme.DANE_CONFIG,
+                    "delivery": ["python3", DELIVERY_AGENT, "--mapping", MAPPING_FILE],
+                    "certificates": certificates,
+                },
+                indent=1,
+                sort_keys=True,
+            )
+            + "\n"
+        ),
+        dest=acme.ROLLOVER_CONFIG,
+        mode="0644",
+        create_remote_dir=True,
+    )
+    files.put(
+        name="Key rollover agent",
+        src=StringIO(acme.agent_wrapper("rollover", "key rollover (deploys/dane.py)")),
+        dest=acme.ROLLOVER,
+        mode="0755",
+    )
+    for cert in acme_certs:
+        dane.key_rollover(
+            name=f"Key rollover of {cert.name}",
+            certificate=cert.name,
+            label=cert.rollover,
+            ttl=int(certificates[cert.name]["ttl"]),
+            wait=inv.settings.rollover_wait,
+        )

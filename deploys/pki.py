@@ -7,14 +7,18 @@ Each host's state is read by one fact (``PkiFiles``, one remote command for all 
 to the operations that need it.
 """
 
+from typing import Any
+
 from pyinfra import host
 from pyinfra.api import DeployError
 
 from operations import pki
 from operations.context import inventory, this_host, track_certificate_op
-from operations.facts import PkiFiles
+from operations.facts import PkiDirInfo, PkiFiles, RolloverState
 from pkinfra import issue
+from pkinfra.acme import ROLLOVER_DIR
 from pkinfra.ca import CAError, CAStore
+from pkinfra.model import NEXT_SUFFIX, tlsa_owner, zone_of
 
 site = inventory()
 spec = this_host()
@@ -76,12 +80,34 @@ for name in issue.ca_order(site):
     )
 
 plan = issue.host_plan(site, spec.fqdn)
+servers = [
+    str(site.host(name).address)
+    for name in (site.settings.dns.primary, *site.settings.dns.secondaries)
+]
+
+
+def _rollover_state(cert_name: str) -> dict[str, object]:
+    found = host.get_fact(RolloverState, path=f"{ROLLOVER_DIR}/{cert_name}.json")
+    return (found or {}).get("state") or {}
+
+
 if not plan.empty:
+    # A key rollover in progress, or asked for: its next certificate lives in <directory>/next.
+    rolling: dict[str, dict[str, object]] = {}
+    for cert in plan.certificates:
+        st = _rollover_state(cert.name)
+        asked = cert.rollover is not None and (st.get("step"), st.get("label")) != (
+            "done",
+            cert.rollover,
+        )
+        if asked or st.get("step") in pki.ROLLOVER_STEPS:
+            rolling[cert.name] = st
+    next_dirs = [f"{c.host_directory}/next" for c in plan.certificates if c.name in rolling]
     # None while openssl is missing (a fresh host before the base packages): all is "missing".
-    state = host.get_fact(PkiFiles, directories=plan.directories, files=plan.files) or {
-        "directories": {},
-        "files": {},
-    }
+    state = host.get_fact(
+        PkiFiles, directories=[*plan.directories, *next_dirs], files=plan.files
+    ) or {"directories": {}, "files": {}}
+    empty: PkiDirInfo = {"key": None, "cert": None, "sha256": {}}
     for cert in plan.certificates:
         directory = cert.host_directory
         op = pki.certificate(
@@ -97,9 +123,57 @@ if not plan.empty:
             usages=cert.usages,
             validity_days=cert.validity_days,
             renew_before_days=cert.renew_before_days,
-            current=state["directories"].get(directory, {"key": None, "cert": None, "sha256": {}}),
+            current=state["directories"].get(directory, empty),
         )
         track_certificate_op(op)  # services deliver at execution time when it changed
+        if cert.name not in rolling:
+            continue
+        common: dict[str, Any] = {
+            "names": cert.names,
+            "issuer": cert.issuer,
+            "store": store,
+            "host_id": spec.fqdn,
+            "passphrase": issue.passphrase_spec(site, cert.issuer),
+            "usages": cert.usages,
+            "validity_days": cert.validity_days,
+        }
+        if rolling[cert.name].get("step") != "switched":
+            pki.certificate(
+                name="Next certificate (key rollover)",
+                directory=f"{directory}/next",
+                cert_name=cert.name + NEXT_SUFFIX,
+                key_type=cert.key_type,
+                current=state["directories"].get(f"{directory}/next", empty),
+                **common,
+            )
+        owners = [
+            tlsa_owner(t.port, t.proto, spec.tlsa_name(t))
+            for t in spec.tlsa
+            if t.certificate == cert.name
+        ]
+        op = pki.key_rollover(
+            name="Key rollover",
+            directory=directory,
+            cert_name=cert.name,
+            label=cert.rollover,
+            owners=owners,
+            servers=servers,
+            ttl=max(
+                (
+                    z.tlsa_ttl
+                    for o in owners
+                    for z in site.settings.zones
+                    if z.name == zone_of(o, site.zone_names)
+                ),
+                default=0,
+            ),
+            services=[s.name for s in spec.services if s.certificate == cert.name],
+            wait=site.settings.rollover_wait,
+            current=state["directories"].get(directory, empty),
+            next_current=state["directories"].get(f"{directory}/next", empty),
+            **common,
+        )
+        track_certificate_op(op)  # the switch gives services the new key in the same run
     if plan.anchors or plan.bundles:
         pki.trust(
             name="Trusted CAs",

@@ -8,7 +8,8 @@ pki_dir = "pki"
 secrets_dir = "pki/secrets"
 
 zones = [
-    {"name": "example.test"},
+    # A short TLSA TTL keeps the lab's key rollover tests quick (step 2 waits one TTL).
+    {"name": "example.test", "tlsa_ttl": 30},
     # Unsigned on purpose: the DANE checker's "no DANE" case.
     {"name": "unsigned.test", "signed": False},
 ]

@@ -94,7 +94,8 @@ def account(server: str, contact: str | None = None, current: Any = None):
     """A certbot ACME account on ``server`` that the server knows (certbot keeps its key).
 
     An account the server no longer knows (a restarted Pebble forgets them all) is removed and
-    registered again; lineages then need ``account_replaced`` (see ``certificate``).
+    registered again; ``certificate`` then moves each lineage saved with an account the host no
+    longer has to the current one (it reads the same fact).
 
     + server: the ACME directory URL
     + contact: e-mail for expiry notices; None registers without one
@@ -126,15 +127,17 @@ def certificate(
     webroot: str | None = None,
     renew_before_days: int | None = None,
     certbot_args: Sequence[str] = (),
-    account_replaced: bool = False,
     current: Any = None,
+    accounts: Any = None,
     now: str | None = None,
 ):
     """A certbot lineage with exactly ``names``, not due, renewable by certbot on its own.
 
     A missing lineage is issued; a change of names reissues under the same ``--cert-name``
-    (the key is kept); a lineage due for renewal, or whose saved settings differ, is renewed
-    with ``--force-renewal``. Otherwise nothing happens.
+    (the key is kept); a lineage due for renewal, whose saved settings differ, or saved with
+    an ACME account the host no longer has (or is about to replace: see ``account``), is
+    renewed with ``--force-renewal`` (certonly saves the account it used). Otherwise nothing
+    happens.
 
     + cert_name: the lineage (``/etc/letsencrypt/live/<cert_name>/``)
     + names: DNS names, first = subject
@@ -143,8 +146,9 @@ def certificate(
     + key_type: ``ec-p256``, ``ec-p384`` or ``rsa-*``
     + renew_before_days: renew this many days before expiry; None: a third of the lifetime
     + certbot_args: extra arguments for certbot
-    + account_replaced: this run registers a new account (the lineage must move to it)
-    + current: the ``CertbotLineage`` fact (read here when not given); now: ISO time (tests)
+    + current: the ``CertbotLineage`` fact (read here when not given)
+    + accounts: the ``CertbotAccounts`` fact for ``server`` (read here when not given)
+    + now: ISO time (tests)
 
     **Example:**
 
@@ -160,6 +164,7 @@ def certificate(
     except acme.AcmeError as exc:
         raise OperationError(f"certificate {cert_name}: {exc}") from None
     lineage = current if current is not None else host.get_fact(CertbotLineage, cert_name)
+    registered = accounts if accounts is not None else host.get_fact(CertbotAccounts, server)
     moment = dt.datetime.fromisoformat(now) if now else dt.datetime.now(dt.UTC)
     reason, force, new_key = acme.lineage_reason(
         lineage,
@@ -172,23 +177,10 @@ def certificate(
         renew_before_days=renew_before_days,
         now=moment,
     )
-    if reason is None and account_replaced and lineage is not None:
-        # The account step may register again; only then (its old directory is gone) must the
-        # lineage move to the new account: certonly saves the account it used.
-        old = lineage["renewal"].get("account", "")
-        args = acme.certonly_args(
-            cert_name=cert_name,
-            names=names,
-            challenge=challenge,
-            server=server,
-            key_type=key_type,
-            webroot=webroot,
-            force=True,
-            extra=certbot_args,
-        )
-        _announce(f"certificate {cert_name}: renewed if its ACME account is registered again")
-        yield f"[ -d {q(acme.account_dir(server) + '/' + old)} ] || {_shell(args)}"
-        return
+    move, only_if_gone = acme.account_move(lineage, registered, cert_name)
+    conditional = False
+    if reason is None and move is not None:
+        reason, force, conditional = move, True, only_if_gone
     if reason is None:
         host.noop(acme.describe_current(lineage, cert_name))
         return
@@ -206,6 +198,12 @@ def certificate(
     _announce(reason)
     if webroot is not None:
         yield f"mkdir -p {q(webroot)}"
+    if conditional:
+        # The account step may register again; only then (the old account's directory is gone)
+        # must the lineage move.
+        saved = acme.account_dir(server) + "/" + lineage["renewal"]["account"]
+        yield f"[ -d {q(saved)} ] || {_shell(args)}"
+        return
     yield _shell(args)
 
 

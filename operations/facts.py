@@ -445,10 +445,11 @@ def _parse_acme_x509(lines: list[str]) -> dict[str, Any]:
 class CertbotAccounts(FactBase[Any]):
     """certbot's accounts on one ACME directory and whether the server still knows them.
 
-    Returns ``{"ids": [...], "state": "valid" | "unknown" | "unchecked" | "none"}``: ``unknown``
-    when the server answers ``accountDoesNotExist`` (a restarted Pebble forgets every account),
-    ``unchecked`` when it could not be asked. certbot 2.1's ``show_account`` crashes on that
-    answer, so its debug log (a private temporary directory) is read instead.
+    Returns a ``pkinfra.acme.AccountsInfo``, ``{"ids": [...], "state": "valid" | "unknown" |
+    "unchecked" | "none"}``: ``unknown`` when the server answers ``accountDoesNotExist`` (a
+    restarted Pebble forgets every account), ``unchecked`` when it could not be asked. certbot
+    2.1's ``show_account`` crashes on that answer, so its debug log (a private temporary
+    directory) is read instead.
     """
 
     @override
@@ -522,3 +523,25 @@ class DaneServed(FactBase[str | None]):
     @override
     def process(self, output: list[str]) -> str | None:
         return output[0].strip() if output else None
+
+
+class RolloverState(FactBase["dict[str, Any] | None"]):
+    """A key rollover's state on the host (``pkinfra.agent.rollover``) and the host's clock:
+    ``{"now": <unix time>, "state": {...}}``; None when there is no state file."""
+
+    @override
+    def command(self, path: str) -> str:
+        return f"if [ -f {q(path)} ]; then date +%s; cat {q(path)}; fi"
+
+    @override
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        if not output:
+            return None
+        now = int(output[0]) if output[0].strip().isdigit() else 0
+        try:
+            state = json.loads("\n".join(output[1:]))
+        except ValueError:
+            state = None
+        if not isinstance(state, dict):
+            state = {"step": "unreadable"}
+        return {"now": now, "state": state}

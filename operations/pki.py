@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -20,9 +21,10 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, operation
 
 from operations.context import announce
-from operations.facts import PkiDirInfo, PkiFiles, PrivateKey
+from operations.facts import DirectoryFiles, PkiDirInfo, PkiFiles, PrivateKey, RolloverState
 from operations.util import (
     GENPKEY_ARGS,
+    SPKI_HASH,
     csr_command,
     genpkey,
     install_command,
@@ -30,7 +32,7 @@ from operations.util import (
     ownership_fixes,
     q,
 )
-from pkinfra import issue
+from pkinfra import issue, publication
 from pkinfra.ca import CAError, CAStore, PassphraseSource
 
 
@@ -646,6 +648,7 @@ def trust(
     + store: the CA store directory on the controller
     + anchors: root CAs to install as ``/usr/local/share/ca-certificates/pkinfra-<ca>.crt``
       (then ``update-ca-certificates``, only when one changed); other ``pkinfra-*.crt`` go
+      (``update-ca-certificates --fresh``: no link to them stays in ``/etc/ssl/certs``)
     + bundles: CAs whose bundle (the CA and its ancestors) goes to ``/etc/pkinfra/ca/<ca>.pem``
     + current: the ``files`` of a ``PkiFiles`` fact already read (path -> SHA-256)
     + revoking: CAs whose CRL this run re-issues for its own revocations
@@ -686,7 +689,11 @@ def trust(
         return
     announce(f"trust: will write {', '.join(changed)}")
     yield from commands
-    if anchors_changed:
+    if stale:
+        # Without --fresh, Debian's update-ca-certificates keeps a deleted local CA's links in
+        # /etc/ssl/certs: it clears orphans only when its own configuration adds or removes one.
+        yield "update-ca-certificates --fresh >/dev/null"
+    elif anchors_changed:
         yield "update-ca-certificates >/dev/null"
 
 
@@ -746,3 +753,232 @@ def crls(
         return
     announce(f"CRLs: will write {', '.join(changed)}")
     yield from commands
+
+
+# -- key rollover of a CA-issued certificate ----------------------------------------------------
+
+ROLLOVER_STEPS = ("issued", "published", "switched")
+PENDING_DIR = "/var/lib/pkinfra/pending"
+
+
+@operation()
+def key_rollover(
+    directory: str,
+    cert_name: str,
+    label: str | None,
+    owners: Sequence[str],
+    servers: Sequence[str],
+    ttl: int,
+    issuer: str,
+    store: str,
+    host_id: str,
+    names: Sequence[str],
+    usages: Sequence[str] = ("server",),
+    validity_days: int = 90,
+    passphrase: str | None = None,
+    services: Sequence[str] = (),
+    wait: int = 0,
+    state_dir: str = "/etc/pkinfra/rollover",
+    current: PkiDirInfo | None = None,
+    next_current: PkiDirInfo | None = None,
+):
+    """
+    Ensure the key of a CA-issued certificate has been rolled over to ``label``, never leaving
+    a served certificate without its TLSA record (RFC 7671).
+
+    + directory: the certificate's directory; ``<directory>/next`` holds the next key and its
+      certificate (made by a ``certificate`` operation named ``<cert_name>-next``)
+    + cert_name, issuer, store, host_id, names, usages, validity_days, passphrase: as for
+      ``certificate`` (the switch signs the next key's certificate under ``cert_name``)
+    + label: the inventory's ``rollover`` label; None: none asked (one in progress goes on)
+    + owners: the TLSA owner names of the certificate's publications
+    + servers: addresses of every authoritative server of their zone
+    + ttl: the TLSA records' TTL (step 2 waits that long after the next record is served)
+    + services: the services that use the certificate (their pending notifications hold the
+      old record)
+    + wait: how long this run may wait for step 2
+    + state_dir: the host's rollover states (``<cert_name>.json``)
+    + current, next_current: the two directories' ``PkiFiles`` entries, already read
+
+    Step 1 (a run): the next key and certificate; its record joins the zone with the next
+    run's DNS deploy, and this operation then checks every server and notes the time. Step 2
+    (once served for ``ttl``): the next key's certificate is signed under ``cert_name`` and
+    the next key and files replace the live ones; the services get them in the same run. A
+    later run, once no service of the certificate has a notification pending, revokes the old
+    key's certificates (superseded), which drops the old record, and removes ``next/``.
+
+    **Example:**
+
+    .. code:: python
+
+        pki.key_rollover(
+            directory="/etc/pkinfra/certs/postgres", cert_name="postgres", label="2026-11",
+            owners=["_5432._tcp.db1.example.test"], servers=["192.0.2.53"], ttl=300,
+            issuer="duckcorp", store="pki", host_id="db1.example.test",
+            names=["db1.example.test"],
+        )
+    """
+    path = f"{state_dir}/{cert_name}.json"
+    found = host.get_fact(RolloverState, path=path) or {}
+    state = found.get("state") or {}
+    now = int(found.get("now", 0))
+    step, have = state.get("step"), state.get("label")
+    if step == "unreadable":
+        raise OperationError(f"key rollover {cert_name}: {path} on the host is unreadable")
+    what = f"key rollover {cert_name}"
+    if step not in ROLLOVER_STEPS:
+        if label is None or (step == "done" and have == label):
+            host.noop(f"{what}: " + (f"rolled over to '{label}'" if label else "none asked"))
+            return
+        key = _dir_info(directory, current)["key"]
+        if not key or not key.get("spki_sha256"):
+            host.noop(f"{what}: waits for the certificate's first key")
+            return
+        announce(
+            f"{what} to '{label}': step 1: next key and certificate in {directory}/next; its "
+            "TLSA record joins the zone with the next run's DNS deploy"
+        )
+        yield _write_state(path, {"label": label, "step": "issued", "old": key["spki_sha256"]})
+        return
+
+    next_dir = f"{directory}/next"
+    nxt = _dir_info(next_dir, next_current)["key"]
+    if step == "switched":
+        pending = host.get_fact(DirectoryFiles, directory=PENDING_DIR) or []
+        waiting = sorted(set(services) & set(pending))
+        if waiting:
+            host.noop(
+                f"{what} to '{have}': the old key's record stays until {', '.join(waiting)} "
+                "has been told (notification pending)"
+            )
+            return
+        announce(f"{what} to '{have}': every service has the new key; the old one is retired")
+        yield FunctionCommand(
+            _retire_key,
+            (),
+            {"store": store, "host_id": host_id, "cert_name": cert_name, "spki": state["old"]},
+        )
+        yield f"rm -rf {q(next_dir)}"
+        yield _write_state(path, {**state, "step": "done"})
+        return
+
+    if not nxt or not nxt.get("spki_sha256"):
+        host.noop(f"{what} to '{have}': the next key is made by this run first")
+        return
+    record = f"3 1 1 {nxt['spki_sha256']}"
+    check = {"owners": list(owners), "record": record, "servers": list(servers)}
+    if step == "issued":
+        hold = ttl if wait >= ttl else None
+        announce(
+            f"{what} to '{have}': checking that every authoritative server serves the next "
+            "record" + (f", then step 2 after the TTL ({ttl} s)" if hold is not None else "")
+        )
+        yield FunctionCommand(
+            _next_served,
+            (),
+            {**check, "path": path, "new_state": {**state, "step": "published"}, "hold": hold},
+        )
+        if hold is None:
+            return
+    else:  # published
+        left = max(0, int(state.get("served_since", 0)) + ttl - now)
+        if left > wait:
+            host.noop(
+                f"{what} to '{have}': step 2 in {left} s (the next TLSA record must be served "
+                "for the TTL first)"
+            )
+            return
+        announce(f"{what} to '{have}': step 2 (switch to the next key)")
+        yield FunctionCommand(_next_served, (), {**check, "hold": left, "path": None})
+    yield FunctionCommand(
+        _issue,
+        (),
+        {
+            "directory": next_dir,
+            "names": list(names),
+            "usages": sorted(set(usages)),
+            "issuer": issuer,
+            "store": store,
+            "passphrase": passphrase,
+            "validity_days": validity_days,
+            "host_id": host_id,
+            "cert_name": cert_name,
+            "expected_spki": nxt["spki_sha256"],
+        },
+    )
+    yield _switch_command(directory, next_dir)
+    yield _write_state(path, {**state, "step": "switched", "new": nxt["spki_sha256"]})
+
+
+def _write_state(path: str, state: dict[str, Any], time_field: str | None = None) -> str:
+    """A shell command that writes a rollover state (no secret in it) beside, then renames."""
+    text = json.dumps(state, sort_keys=True)
+    if time_field:
+        text = text[:-1] + f', "{time_field}": %s}}'
+        body = f'printf \'%s\\n\' "$(printf {q(text)} "$(date +%s)")"'
+    else:
+        body = f"printf '%s\\n' {q(text)}"
+    tmp = q(new_name(path))
+    return f"mkdir -p {q(path.rpartition('/')[0])} && {body} > {tmp} && mv -f {tmp} {q(path)}"
+
+
+def _switch_command(directory: str, next_dir: str) -> str:
+    """Copy the next key and its files beside the live ones, check they belong together, then
+    rename each into place (key first)."""
+    files = ["key.pem", "cert.pem", "chain.pem", "fullchain.pem", "bundle.pem"]
+    copies = " && ".join(
+        f"cp -p {q(f'{next_dir}/{f}')} {q(new_name(f'{directory}/{f}'))}" for f in files
+    )
+    key_new, cert_new = q(new_name(f"{directory}/key.pem")), q(new_name(f"{directory}/cert.pem"))
+    check = (
+        f'[ "$(openssl x509 -in {cert_new} -noout -pubkey | {SPKI_HASH})"'
+        f' = "$(openssl pkey -in {key_new} -pubout | {SPKI_HASH})" ]'
+    )
+    moves = " && ".join(
+        f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files
+    )
+    return f"umask 077 && {copies} && {check} && {moves}"
+
+
+def _next_served(state: Any, host: Any, **kw: Any) -> bool:
+    """Execution time: every authoritative server serves the next record (checked from here);
+    then, with ``path``, note when on the host; with ``hold``, wait that long and check again."""
+    import time
+
+    def why() -> str:
+        for owner in kw["owners"]:
+            reason = publication.served_everywhere(owner, kw["record"], kw["servers"])
+            if reason:
+                return reason
+        return ""
+
+    reason = why()
+    if reason:
+        if kw.get("path") and kw.get("hold") is None:
+            logger.warning(f"{host.print_prefix}key rollover: {reason}; a later run checks again")
+            return True
+        return _fail(state, host, f"key rollover: step 2 refused: {reason}")
+    if kw.get("path"):
+        ok, _ = host.run_shell_command(
+            StringCommand(_write_state(kw["path"], kw["new_state"], time_field="served_since"))
+        )
+        if not ok:
+            return _fail(state, host, f"key rollover: cannot write {kw['path']}")
+    if kw.get("hold"):
+        time.sleep(kw["hold"])
+        reason = why()
+        if reason:
+            return _fail(state, host, f"key rollover: step 2 refused: {reason}")
+    return True
+
+
+def _retire_key(state: Any, host: Any, **kw: Any) -> bool:
+    try:
+        retired = issue.retire_key(_store(kw["store"]), kw["host_id"], kw["cert_name"], kw["spki"])
+    except CAError as exc:
+        return _fail(state, host, f"key rollover {kw['cert_name']}: {exc}")
+    logger.info(
+        f"{host.print_prefix}key rollover {kw['cert_name']}: {len(retired)} certificate(s) of "
+        "the old key revoked (superseded); its TLSA record leaves with the next DNS deploy"
+    )
+    return True

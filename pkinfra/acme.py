@@ -27,6 +27,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# Controller only: no agent file imports this module (the agent's own code is AGENT_FILES).
+from pkinfra.ca import DNSConstraints, build_ca_certificate
+from pkinfra.keys import generate_private_key
+
 HOOK = "/usr/local/bin/pkinfra-certbot-hook"
 HOOK_CONFIG = "/etc/pkinfra/acme-hook.conf"
 LIB_DIR = "/usr/local/lib/pkinfra"
@@ -55,6 +59,16 @@ class LineageInfo(TypedDict):
     issuer: str | None
     #: Hex SHA-256 of the live key's SubjectPublicKeyInfo.
     key_spki_sha256: str | None
+
+
+class AccountsInfo(TypedDict):
+    """What the ``CertbotAccounts`` fact reads for one ACME directory."""
+
+    #: certbot's account ids for the directory on the host.
+    ids: list[str]
+    #: ``valid`` (the server knows them), ``unknown`` (it says they do not exist), ``unchecked``
+    #: (it could not be asked) or ``none`` (no account on the host).
+    state: str
 
 
 def key_args(key_type: str) -> list[str]:
@@ -225,6 +239,35 @@ def lineage_reason(
     return None, False, False
 
 
+def account_move(
+    current: LineageInfo | None, accounts: AccountsInfo, cert_name: str
+) -> tuple[str | None, bool]:
+    """(why the lineage must move to the host's current ACME account, only if its account is
+    gone when the command runs?); reason None: the lineage's account is the current one.
+
+    ``certbot renew`` uses the account saved in the lineage's renewal configuration and fails
+    when the host no longer has it; ``certbot certonly`` uses the host's account and saves
+    it. The account step runs first in the same run: with state ``none`` or ``unknown`` it
+    registers a new account (whose id is not known yet); with ``unchecked`` it asks the
+    server again and registers only if told the account does not exist, so a lineage on that
+    account moves only then (the command checks at execution time).
+    """
+    saved = current["renewal"].get("account", "") if current is not None else ""
+    if not saved:
+        return None, False  # no lineage yet, or certbot saved none: nothing to move from
+    what = f"certificate {cert_name}: its ACME account {saved}"
+    state, ids = accounts["state"], accounts["ids"]
+    if state == "none":
+        return f"{what} is not on this host; moving to the account registered in this run", False
+    if state == "unknown":
+        return f"{what} is unknown to the server; moving to the account registered again", False
+    if saved not in ids:
+        return f"{what} is not on this host; moving to {', '.join(ids)}", False
+    if state == "unchecked":
+        return f"{what} could not be checked; renewed if it is registered again", True
+    return None, False
+
+
 def _renewal_drift(
     renewal: Mapping[str, str],
     webroot_map: Mapping[str, str],
@@ -283,12 +326,16 @@ AGENT_FILES = (
     "pkinfra/agent/__init__.py",
     "pkinfra/agent/certbot_hook.py",
     "pkinfra/agent/dane_publish.py",
+    "pkinfra/agent/rollover.py",
     "pkinfra/dnsupdate.py",
     "pkinfra/tlsa.py",
 )
 DANE_PUBLISH = "/usr/local/bin/pkinfra-dane-publish"
 DANE_CONFIG = "/etc/pkinfra/dane.json"
 DANE_DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/40-pkinfra-dane"
+ROLLOVER = "/usr/local/bin/pkinfra-rollover"
+ROLLOVER_CONFIG = "/etc/pkinfra/rollover.json"
+ROLLOVER_DIR = "/etc/pkinfra/rollover"
 
 
 def agent_wrapper(module: str, what: str) -> str:
@@ -322,7 +369,7 @@ def ensure_server_ca(bundle: Path, names: Sequence[str], days: int = 3650) -> by
         present = bundle if bundle.exists() else key_path
         raise AcmeError(f"{present} exists without its pair; remove it to make a new lab CA")
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = generate_private_key("ec-p256")
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pkinfra lab"),
@@ -330,37 +377,18 @@ def ensure_server_ca(bundle: Path, names: Sequence[str], days: int = 3650) -> by
         ]
     )
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.NameConstraints(
-                permitted_subtrees=[x509.DNSName(n) for n in names], excluded_subtrees=None
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    # The CA store's builder: the same extensions as every pkinfra CA (its name constraints
+    # also exclude every IP address, which the ACME server is never reached by).
+    cert = build_ca_certificate(
+        subject=subject,
+        public_key=key.public_key(),
+        issuer_cert=None,
+        issuer_key=key,
+        serial=x509.random_serial_number(),
+        not_before=now - dt.timedelta(minutes=5),
+        not_after=now + dt.timedelta(days=days),
+        path_length=0,
+        constraints=DNSConstraints(permitted=tuple(names)),
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,

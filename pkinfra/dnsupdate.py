@@ -461,7 +461,7 @@ def _failure(exc: BaseException, timeout: float, key: TSIGKey | None) -> tuple[s
     """(rcode, reason) for an exception raised while talking to a server."""
     key_text = f"key {_text(key.name)}" if key is not None else "the key"
     if isinstance(exc, dns.exception.Timeout):
-        return "timeout", f"timeout after {timeout:g} s"
+        return "timeout", f"timeout after {timeout:.3g} s"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused", "connection refused"
     if isinstance(exc, EOFError):
@@ -501,7 +501,8 @@ class RFC2136Client:
       (hidden or split-horizon name servers; servers on other ports in tests)
     + timeout: seconds for each query or update exchange; nothing is retried endlessly
 
-    Discovery results are cached for the life of the client (one hook run, one deploy step).
+    Discovery results are cached for the life of the client (one hook run, one deploy step);
+    `hint_zone` seeds that cache with what a caller remembers.
     """
 
     def __init__(
@@ -531,6 +532,25 @@ class RFC2136Client:
     def __repr__(self) -> str:
         resolvers = ", ".join(str(server) for server in self.resolvers)
         return f"RFC2136Client(key={self.key!r}, resolvers=[{resolvers}], primary={self.primary})"
+
+    def hint_zone(self, name: NameLike, zone: NameLike) -> None:
+        """Take `zone` as the apex of the zone holding `name`, without asking any server.
+
+        For a caller that remembers where a name was found last time (the certbot hook keeps
+        a small cache): finding the zone of a name that does not exist yet asks a resolver
+        about it, which then holds it as nonexistent for a while. The hint is not checked:
+        with a wrong one the update fails (NOTZONE, REFUSED), so retry with a new client.
+
+        + name: the name whose zone is known (usually the end of a CNAME chain)
+        + zone: the zone apex; must be `name` or one of its parents
+        """
+        owner = _owner(name, "taking a zone hint")
+        apex = _owner(zone, "taking a zone hint")
+        if not owner.is_subdomain(apex):
+            raise DNSUpdateError(
+                "taking a zone hint", f"{_text(apex)} is not a parent of {_text(owner)}"
+            )
+        self._zone_names[owner] = apex
 
     # queries ---------------------------------------------------------------------------------
 
@@ -885,13 +905,17 @@ class RFC2136Client:
         *,
         present: bool = True,
         timeout: float = DEFAULT_WAIT,
+        started: float | None = None,
     ) -> dict[str, float]:
         """Wait until every authoritative server of the zone serves `value` (or, with
         `present=False`, no longer serves it); return seconds until each did, by server.
 
         Every NS address is polled with RD=0 (a cache proves nothing), starting after 50 ms and
-        backing off to 1 s; after `timeout` seconds the error lists the servers that lag and
-        what each last said.
+        backing off to 1 s; `timeout` seconds after `started` the error lists the servers that
+        lag and what each last said.
+
+        + started: the `time.monotonic()` the timeout (and the timings) count from, for a
+          caller whose time budget began before this call (discovery, the update); default now
         """
         owner = _owner(name, "waiting for a record")
         try:
@@ -904,7 +928,8 @@ class RFC2136Client:
         )
         rdata = _parse_value(kind, value, action, owner)
         zone = self.zone_of(owner)
-        started = time.monotonic()
+        if started is None:
+            started = time.monotonic()
         deadline = started + timeout
         pending = {server: "not asked" for server in zone.servers}
         timings: dict[str, float] = {}
@@ -927,7 +952,7 @@ class RFC2136Client:
                 lagging = ", ".join(f"{server} ({said})" for server, said in pending.items())
                 raise DNSUpdateError(
                     action,
-                    f"after {timeout:g} s still not on {lagging}",
+                    f"after {timeout:.3g} s still not on {lagging}",
                     name=owner,
                     zone=zone.name,
                     rcode="timeout",

@@ -21,8 +21,8 @@ from pathlib import Path
 from cryptography import x509
 
 from pkinfra.ca import CAInfo, CAStore, Record
+from pkinfra.model import NEXT_SUFFIX, Inventory
 from pkinfra.model import Certificate as CertSpec
-from pkinfra.model import Inventory
 
 #: Files of a certificate directory on a host.
 KEY_FILE = "key.pem"
@@ -124,10 +124,30 @@ def ca_differences(info: CAInfo, parent: str | None, key_type: str) -> list[str]
 
 
 def holders(inventory: Inventory) -> dict[str, list[str]]:
-    """Every host of the inventory and the names of its CA-issued certificates."""
+    """Every host of the inventory and the names of its CA-issued certificates (with the name
+    a key rollover's next certificate is recorded under, which a host may serve afterwards)."""
     return {
-        h.fqdn: [c.name for c in h.certificates if not c.is_acme] for h in inventory.hosts.values()
+        h.fqdn: [n for c in h.certificates if not c.is_acme for n in (c.name, c.name + NEXT_SUFFIX)]
+        for h in inventory.hosts.values()
     }
+
+
+def retire_key(store: CAStore, host: str, cert_name: str, spki_sha256: str) -> list[Record]:
+    """The end of a key rollover: revoke (superseded) every valid certificate of ``host``'s
+    ``cert_name`` that certifies the old key ``spki_sha256``, and the rollover's next
+    certificates (``<cert_name>-next``: the switch signed the next key under ``cert_name``)."""
+    now = dt.datetime.now(dt.UTC)
+    return [
+        store.revoke(r.ca, r.serial, "superseded")
+        for r in store.list_issued()
+        if r.kind == "leaf"
+        and r.host == host
+        and r.status_at(now) == "valid"
+        and (
+            r.cert_name == cert_name + NEXT_SUFFIX
+            or (r.cert_name == cert_name and r.spki_sha256 == spki_sha256)
+        )
+    ]
 
 
 def removed_certificates(

@@ -48,6 +48,7 @@ GLOBAL_KEYS = (
     "cas",
     "acme",
     "revoke_removed",
+    "rollover_wait",
 )
 #: Per-host fields (host data, or a group file for every host of the group).
 HOST_KEYS = ("fqdn", "address", "records", "certificates", "services", "tlsa")
@@ -202,6 +203,10 @@ class Acme(_Model):
     certbot_args: list[str] = []
 
 
+#: The second certbot lineage of a key rollover: ``<certificate><NEXT_SUFFIX>``.
+NEXT_SUFFIX = "-next"
+
+
 class Settings(_Model):
     """Everything ``group_data/all.py`` holds for pkinfra."""
 
@@ -214,6 +219,9 @@ class Settings(_Model):
     acme: Acme | None = None
     #: Revoke a CA-issued certificate once the inventory no longer has it (else: reported).
     revoke_removed: bool = False
+    #: How long one run may wait to finish a key rollover (step 2 needs the next TLSA record
+    #: served for its TTL first); 0: step 2 happens on a later run.
+    rollover_wait: Seconds = 0
 
 
 # -- per host -----------------------------------------------------------------------------------
@@ -243,6 +251,9 @@ class Certificate(_Model):
     renew_before_days: Days | None = None
     #: Where the key, certificate and chain live on the host (CA-issued certificates).
     directory: AbsPath | None = None
+    #: A label of your choice; set or change it to roll the key over (two steps, the TLSA
+    #: record of the next key published before any service uses it).
+    rollover: Ident | None = None
 
     @field_validator("usages")
     @classmethod
@@ -896,6 +907,14 @@ def _check_host(
         if cert.issuer not in issuers:
             add(f"{base}.issuer", f"unknown CA '{cert.issuer}' (known: {', '.join(issuers)})")
             continue
+        if cert.rollover is not None and f"{cert.name}{NEXT_SUFFIX}" in {
+            c.name for c in host.certificates
+        }:
+            add(
+                f"{base}.rollover",
+                f"a rollover uses the name '{cert.name}{NEXT_SUFFIX}', which is another "
+                "certificate's name here",
+            )
         if cert.is_acme:
             if settings.acme is None:
                 add(f"{base}.issuer", "issuer 'acme' needs an 'acme' section in group_data/all.py")

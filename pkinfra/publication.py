@@ -2,19 +2,28 @@
 
 The controller issued these certificates, so it knows their keys: the record of each TLSA
 publication is the SHA-256 of the SubjectPublicKeyInfo of the newest valid certificate of that
-host and name. Keys are kept across renewals, so a renewal does not change the record. The
-records go into the include file of the owner's main zone (``pkinfra.zones``). ACME
-certificates are published by their host instead (the agent, through the shadow zone).
+host and name. Keys are kept across renewals, so a renewal does not change the record. During a
+key rollover the next key's record joins it, and the old key's stays until every service has
+the new key (``published_keys``). The records go into the include file of the owner's main zone
+(``pkinfra.zones``). ACME certificates are published by their host instead (the agent, through
+the shadow zone).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rdatatype
 
 from pkinfra import zones
 from pkinfra.ca import CAStore, Record
-from pkinfra.model import Inventory, tlsa_owner
+from pkinfra.model import NEXT_SUFFIX, Inventory, tlsa_owner
 from pkinfra.zones import IncludedTLSA
 
 
@@ -27,17 +36,61 @@ class Unpublished:
     certificate: str
 
 
-def current_records(store: CAStore) -> dict[tuple[str, str], Record]:
-    """The newest valid certificate per (host, certificate name), in one scan of the store."""
+def valid_records(store: CAStore) -> dict[tuple[str, str], list[Record]]:
+    """Per (host, certificate name): its valid leaf certificates, newest first, in one scan."""
     now = dt.datetime.now(dt.UTC)
-    newest: dict[tuple[str, str], Record] = {}
+    found: dict[tuple[str, str], list[Record]] = {}
     for record in store.list_issued():
-        if record.kind != "leaf" or record.status_at(now) != "valid":
-            continue
-        key = (record.host, record.cert_name)
-        if key not in newest or record.issued_at > newest[key].issued_at:
-            newest[key] = record
-    return newest
+        if record.kind == "leaf" and record.status_at(now) == "valid":
+            found.setdefault((record.host, record.cert_name), []).append(record)
+    for records in found.values():
+        records.sort(key=lambda r: r.issued_at, reverse=True)
+    return found
+
+
+def published_keys(valid: dict[tuple[str, str], list[Record]], host: str, name: str) -> list[str]:
+    """The keys (SPKI SHA-256) whose records a certificate's TLSA publication holds.
+
+    The newest certificate's key; during a key rollover also the next certificate's key
+    (``<name>-next``), and once the switch signed the next key under ``name``, the old key too,
+    until the end of the rollover revokes the old key's certificates and the next one.
+    """
+    current = valid.get((host, name), [])
+    keys = [current[0].spki_sha256] if current else []
+    upcoming = valid.get((host, name + NEXT_SUFFIX), [])
+    if upcoming:
+        if upcoming[0].spki_sha256 not in keys:
+            keys.append(upcoming[0].spki_sha256)
+        elif current:
+            old = next((r for r in current if r.spki_sha256 != keys[0]), None)
+            if old is not None:
+                keys.append(old.spki_sha256)
+    return keys
+
+
+def served_everywhere(owner: str, value: str, servers: Sequence[str], timeout: float = 3.0) -> str:
+    """'' when every server in ``servers`` (addresses) answers ``owner`` TLSA with ``value``
+    among its records (asked directly, no recursion, no cache); else why not."""
+    usage, selector, mtype, *data = value.lower().split()
+    want = f"{usage} {selector} {mtype} {''.join(data)}"
+    for server in servers:
+        query = dns.message.make_query(owner, dns.rdatatype.TLSA)
+        query.flags &= ~dns.flags.RD
+        try:
+            answer = dns.query.udp(query, server, timeout=timeout)
+            if answer.flags & dns.flags.TC:
+                answer = dns.query.tcp(query, server, timeout=timeout)
+        except (OSError, dns.exception.DNSException) as exc:
+            return f"{server} does not answer for {owner} ({exc.__class__.__name__})"
+        have = {
+            f"{rdata.usage} {rdata.selector} {rdata.mtype} {rdata.cert.hex()}"
+            for rrset in answer.answer
+            if rrset.rdtype == dns.rdatatype.TLSA
+            for rdata in rrset
+        }
+        if want not in have:
+            return f"{server} does not serve {want[:20]}... at {owner} yet"
+    return ""
 
 
 def ca_tlsa_records(
@@ -45,7 +98,7 @@ def ca_tlsa_records(
 ) -> tuple[list[IncludedTLSA], list[Unpublished]]:
     """TLSA 3 1 1 of every publication of a CA-issued certificate, and those not issued yet."""
     store = store or CAStore(inventory.pki_dir)
-    issued = current_records(store) if inventory.pki_dir.exists() else {}
+    valid = valid_records(store) if inventory.pki_dir.exists() else {}
     records: list[IncludedTLSA] = []
     missing: list[Unpublished] = []
     for host in inventory.hosts.values():
@@ -54,11 +107,11 @@ def ca_tlsa_records(
             if cert is None or cert.is_acme:
                 continue
             owner = tlsa_owner(pub.port, pub.proto, host.tlsa_name(pub))
-            record = issued.get((host.fqdn, cert.name))
-            if record is None:
+            spkis = published_keys(valid, host.fqdn, cert.name)
+            if not spkis:
                 missing.append(Unpublished(host.fqdn, owner, cert.name))
                 continue
-            records.append(IncludedTLSA(owner=owner, value=f"3 1 1 {record.spki_sha256}"))
+            records += [IncludedTLSA(owner=owner, value=f"3 1 1 {spki}") for spki in spkis]
     return records, missing
 
 

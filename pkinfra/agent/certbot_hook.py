@@ -22,7 +22,9 @@ Optional: ``resolvers`` (``addr[#port]`` list, default resolv.conf), ``port``, `
 ``resolver_check`` (yes/no), ``zone_cache`` (a path, or ``none``).
 
 Failures print one line on stderr and exit 1, after at most about ``propagation_timeout`` plus a
-few query timeouts. Standard library and dnspython 2.3 only: this runs on Debian 12 hosts.
+few query timeouts. A value that is not served everywhere in time is deleted again before ``auth``
+fails (certbot 2.1 asks for validation even after a failed auth hook). Standard library and
+dnspython 2.3 only: this runs on Debian 12 hosts.
 """
 
 from __future__ import annotations
@@ -196,11 +198,9 @@ class Hook:
         if hint is None:
             return
         try:
-            target, zone = dns.name.from_text(hint[0]), dns.name.from_text(hint[1])
-        except dns.exception.DNSException:
-            return
-        # dnsupdate keeps name -> zone apex for the life of a client; it has no public way in.
-        self.client._zone_names[target] = zone
+            self.client.hint_zone(hint[0], hint[1])
+        except DNSUpdateError:
+            return  # a damaged cache entry: find the zone the slow way
         self.hinted = True
 
     def _retry_without_hints(self) -> bool:
@@ -219,7 +219,8 @@ class Hook:
     def auth(self, domain: str, validation: str) -> dns.name.Name:
         """Publish the value; return once the servers (and resolvers) serve it."""
         value = txt_value(validation)
-        deadline = time.monotonic() + self.config.propagation_timeout
+        started = time.monotonic()
+        deadline = started + self.config.propagation_timeout
         try:
             target = self.target(domain)
             self.client.add(target, "TXT", value, self.config.ttl)
@@ -229,12 +230,25 @@ class Hook:
             target = self.target(domain)
             self.client.add(target, "TXT", value, self.config.ttl)
         self._remember(challenge_name(domain), target)
-        self.client.wait_visible(
-            target, "TXT", value, timeout=max(0.1, deadline - time.monotonic())
-        )
-        if self.config.resolver_check:
-            self.wait_resolvers(challenge_name(domain), value, deadline)
+        try:
+            self.client.wait_visible(
+                target, "TXT", value, timeout=self.config.propagation_timeout, started=started
+            )
+            if self.config.resolver_check:
+                self.wait_resolvers(challenge_name(domain), value, deadline)
+        except (DNSUpdateError, HookError) as exc:
+            # certbot 2.1 ignores the auth hook's exit status and asks for validation anyway: a
+            # value some servers serve could pass by chance and hide the fault. Withdrawn, the
+            # validation fails every time.
+            raise HookError(f"{exc}; {self._withdraw(target, value)}") from None
         return target
+
+    def _withdraw(self, target: dns.name.Name, value: str) -> str:
+        try:
+            self.client.delete(target, "TXT", value)
+        except DNSUpdateError as exc:
+            return f"withdrawing the value failed too ({exc.reason})"
+        return "value withdrawn"
 
     def cleanup(self, domain: str, validation: str) -> dns.name.Name:
         """Delete exactly the value ``auth`` added (other values of the RRset stay)."""

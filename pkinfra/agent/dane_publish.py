@@ -14,8 +14,16 @@ service before its record is out).
 The configuration (``/etc/pkinfra/dane.json``, written by the deploy)::
 
     {"tsig_key": "/etc/pkinfra/tsig.key", "ttl": 60, "timeout": 60,
+     "rollover_dir": "/etc/pkinfra/rollover",
      "publications": [{"owner": "_25._tcp.mx1.example.test", "lineage": "mail",
-                       "certificates": ["/etc/letsencrypt/live/mail/cert.pem"]}]}
+                       "lineages": ["mail", "mail-next"],
+                       "certificates": ["/etc/letsencrypt/live/mail/cert.pem",
+                                        "/etc/letsencrypt/live/mail-next/cert.pem"]}]}
+
+``lineages``: a renewal of any of them (``RENEWED_LINEAGE``) republishes. During a key rollover
+(``pkinfra.agent.rollover``) the next lineage exists and its record joins the set, and the
+rollover's state file (``<rollover_dir>/<lineage>.json``) lists in ``keep`` the old key's record,
+published until every service has switched.
 
 Standard library, dnspython 2.3 and cryptography 38 only: this runs on Debian 12 hosts.
 """
@@ -45,9 +53,29 @@ def _canonical(value: str) -> str:
     return f"{usage} {selector} {mtype} {''.join(data).lower()}"
 
 
-def wanted(publication: dict[str, Any]) -> set[str]:
-    """3 1 1 of every listed certificate that exists (a next lineage may not exist yet)."""
-    values = set()
+def lineages(publication: dict[str, Any]) -> list[str]:
+    """The lineages whose renewal changes this publication (the first is the served one)."""
+    return list(publication.get("lineages") or [publication["lineage"]])
+
+
+def kept(publication: dict[str, Any], rollover_dir: str | None) -> set[str]:
+    """Records a key rollover keeps published (the old key's, until every service switched)."""
+    if not rollover_dir:
+        return set()
+    path = Path(rollover_dir) / f"{publication['lineage']}.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot read the rollover state {path}: {exc}") from None
+    return {_canonical(v) for v in state.get("keep", [])}
+
+
+def wanted(publication: dict[str, Any], rollover_dir: str | None = None) -> set[str]:
+    """3 1 1 of every listed certificate that exists (a next lineage may not exist yet), and
+    the records a rollover keeps."""
+    values = kept(publication, rollover_dir)
     for path in publication["certificates"]:
         try:
             pem = Path(path).read_bytes()
@@ -61,10 +89,16 @@ def wanted(publication: dict[str, Any]) -> set[str]:
     return values
 
 
-def publish(client: RFC2136Client, publication: dict[str, Any], ttl: int, timeout: float) -> str:
+def publish(
+    client: RFC2136Client,
+    publication: dict[str, Any],
+    ttl: int,
+    timeout: float,
+    rollover_dir: str | None = None,
+) -> str:
     """Make the RRset exactly the wanted records; return what was done."""
     owner = publication["owner"]
-    want = wanted(publication)
+    want = wanted(publication, rollover_dir)
     target, _ = client.follow_cnames(owner)
     have = {_canonical(v) for v in client.values(target, "TLSA")}
     if have == want:
@@ -80,11 +114,16 @@ def publish(client: RFC2136Client, publication: dict[str, Any], ttl: int, timeou
     )
 
 
-def visible(client: RFC2136Client, publication: dict[str, Any], timeout: float) -> str:
+def visible(
+    client: RFC2136Client,
+    publication: dict[str, Any],
+    timeout: float,
+    rollover_dir: str | None = None,
+) -> str:
     """'' when every authoritative server serves the wanted records, else why not."""
     owner = publication["owner"]
     target, _ = client.follow_cnames(owner)
-    for value in sorted(wanted(publication)):
+    for value in sorted(wanted(publication, rollover_dir)):
         try:
             client.wait_visible(target, "TLSA", value, timeout=timeout)
         except DNSUpdateError as exc:
@@ -131,10 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(args.config)
         pubs = [
-            p
-            for p in config.get("publications", [])
-            if lineage is None or p.get("lineage") == lineage
+            p for p in config.get("publications", []) if lineage is None or lineage in lineages(p)
         ]
+        rollover_dir = config.get("rollover_dir")
         if not pubs:
             print(
                 f"pkinfra-dane-publish: no TLSA publication for lineage '{lineage}'; nothing to do"
@@ -144,13 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout = float(config.get("timeout", 60))
         for pub in pubs:
             if args.check:
-                why = visible(client, pub, timeout=min(timeout, 5.0))
+                why = visible(client, pub, timeout=min(timeout, 5.0), rollover_dir=rollover_dir)
                 if why:
                     print(f"pkinfra-dane-publish: {why}", file=sys.stderr)
                     return 1
                 print(f"{pub['owner']}: served by every authoritative server")
             else:
-                print(publish(client, pub, int(config.get("ttl", 60)), timeout))
+                print(publish(client, pub, int(config.get("ttl", 60)), timeout, rollover_dir))
     except (PublishError, DNSUpdateError, tlsa.TLSAError) as exc:
         print(f"pkinfra-dane-publish: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,7 @@
 """ACME against the lab's Pebble: HTTP-01 on web1 through nginx's webroot, DNS-01 on mx1 through
-the shadow zone with pkinfra's hook, renewals in a clean environment, and faults.
+the shadow zone with pkinfra's hook, renewals in a clean environment, faults (wrong key, ACME
+server down, a CNAME loop, a CNAME into a zone mx1 may not update, propagation that never
+completes), and a lineage left on an ACME account the host no longer has.
 
 Needs the DNS master and resolver deployed (deploys/site.py has run once). The module deploys
 Pebble and ACME once, after deleting the lineages, so the certificates are really issued by this
@@ -8,13 +10,18 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from pkinfra.acme import HOOK_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
@@ -42,10 +49,19 @@ def sh(container: str, command: str, timeout: float = 120) -> subprocess.Complet
     )
 
 
-def deploy() -> subprocess.CompletedProcess[str]:
+def deploy(*options: str) -> subprocess.CompletedProcess[str]:
+    """pyinfra with Pebble and ACME on the ACME hosts; ``--dry`` (no ``-y``: the change detection
+    is the dry run) or a real run."""
     limits = [arg for name in HOSTS for arg in ("--limit", name)]
     return subprocess.run(
-        [str(PYINFRA), "-y", "inventory.py", "deploys/pebble.py", "deploys/acme.py", *limits],
+        [
+            str(PYINFRA),
+            *(options if "--dry" in options else ("-y", *options)),
+            "inventory.py",
+            "deploys/pebble.py",
+            "deploys/acme.py",
+            *limits,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -237,3 +253,271 @@ def test_a_name_this_host_may_not_update_is_refused_with_one_line(
     assert len(lines) == 1, run.stderr
     assert "_acme-challenge.web1.example.test in zone example.test" in lines[0]
     assert "REFUSED" in lines[0]
+
+
+# -- faults in the DNS: a CNAME at mx1's shadow name --------------------------------------------
+
+PRIMARY = "172.29.53.10"
+RESOLVER = "172.29.53.53"
+MX1_SHADOW = SHADOW_TARGETS[0] + "."
+NAMED_CONF = "/etc/bind/named.conf.local"
+NAMED_CONF_SAVED = "/tmp/pkinfra-test-acme-named.conf.local"
+SERIAL = "openssl x509 -in /etc/letsencrypt/live/mail/cert.pem -noout -serial"
+
+
+def nsupdate(line: str) -> subprocess.CompletedProcess[str]:
+    """One update of the shadow zone with mx1's own key (its secret stays on mx1)."""
+    script = f"server {PRIMARY}\nzone shadow.test\n{line}\nsend\n"
+    return sh("pkinfra-mx1", f"printf {shlex.quote(script)} | nsupdate -k /etc/pkinfra/tsig.key")
+
+
+def wait_for(check: str, container: str = "pkinfra-mx1", timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sh(container, check).returncode == 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def resolves_cleanly() -> str:
+    """Shell: the resolver follows mx1's challenge chain to an answer (no loop, no SERVFAIL)."""
+    return (
+        f"dig @{RESOLVER} _acme-challenge.mx1.example.test TXT"
+        " | grep -qE 'status: (NOERROR|NXDOMAIN)'"
+        f' && [ -z "$(dig +norec +short @{PRIMARY} {MX1_SHADOW} CNAME)" ]'
+        f' && [ -z "$(dig +norec +short @{AUTHORITATIVE[1]} {MX1_SHADOW} CNAME)" ]'
+    )
+
+
+@contextlib.contextmanager
+def primary_configuration(sed_script: str) -> Iterator[None]:
+    """The primary's ``named.conf.local`` changed by ``sed_script`` while the block runs.
+
+    The rendered file is copied aside and put back afterwards (the same bytes, so the deploy
+    sees no drift), with ``rndc reconfig`` each way.
+    """
+    changed = sh(
+        "pkinfra-ns1",
+        f"cp -p {NAMED_CONF} {NAMED_CONF_SAVED} && sed -i {shlex.quote(sed_script)} {NAMED_CONF}"
+        " && named-checkconf && rndc reconfig",
+    )
+    try:
+        assert changed.returncode == 0, changed.stdout + changed.stderr
+        yield
+    finally:
+        sh(
+            "pkinfra-ns1",
+            f"[ ! -f {NAMED_CONF_SAVED} ] || {{ cp -p {NAMED_CONF_SAVED} {NAMED_CONF}"
+            f" && rm -f {NAMED_CONF_SAVED} && rndc reconfig; }}",
+        )
+
+
+@contextlib.contextmanager
+def shadow_cname(target: str) -> Iterator[None]:
+    """mx1's shadow challenge name is a CNAME to ``target`` (TTL 1 s) while the block runs.
+
+    No key may put a CNAME there (each grant is one name and one type), so the primary grants
+    it to mx1's key for the duration; afterwards the CNAME is deleted, the grant taken back and
+    the resolver checked to answer normally again.
+    """
+    assert challenge_txt() == "", "a challenge TXT is in the way of the CNAME"
+    grant = f'grant "mx1.example.test" name {MX1_SHADOW} CNAME;'
+    try:
+        with primary_configuration(f"/update-policy {{/a {grant}"):
+            try:
+                added = nsupdate(f"update add {MX1_SHADOW} 1 CNAME {target}")
+                assert added.returncode == 0, added.stdout + added.stderr
+                assert wait_for(
+                    " && ".join(
+                        f"dig +norec +short @{server} {MX1_SHADOW} CNAME"
+                        f" | grep -qx {shlex.quote(target)}"
+                        for server in AUTHORITATIVE
+                    )
+                ), f"the CNAME to {target} did not reach every authoritative server"
+                yield
+            finally:
+                nsupdate(f"update delete {MX1_SHADOW} CNAME")
+    finally:
+        # Waited for even when the test failed: the tests after it need a working chain.
+        recovered = wait_for(resolves_cleanly())
+    assert recovered, "the lab's DNS did not recover from the test CNAME"
+
+
+def renew_mail(*env: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``certbot renew --force-renewal`` of mx1's lineage in a clean environment."""
+    started = time.monotonic()
+    run = subprocess.run(
+        [
+            "docker",
+            "exec",
+            "pkinfra-mx1",
+            *CLEAN,
+            *env,
+            "certbot",
+            "renew",
+            "--force-renewal",
+            "--cert-name",
+            "mail",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return run, time.monotonic() - started
+
+
+def auth_errors(run: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
+    """What the auth hook wrote to stderr, by name, as certbot passes it on: every indented line
+    after certbot's ``Hook '--manual-auth-hook' for <name> ran with error output:``."""
+    errors: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (run.stdout + run.stderr).splitlines():
+        header = re.fullmatch(r"Hook '--manual-auth-hook' for (\S+) ran with error output:", line)
+        if header:
+            current = errors.setdefault(header.group(1), [])
+        elif current is not None and line.startswith(" "):
+            current.append(line.strip())
+        else:
+            current = None
+    return errors
+
+
+def test_cname_loop_fails_with_one_line_and_keeps_the_certificate(
+    deployed: subprocess.CompletedProcess[str],
+) -> None:
+    before = sh("pkinfra-mx1", SERIAL).stdout
+    with shadow_cname("_acme-challenge.mx1.example.test."):
+        run, took = renew_mail()
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert took < 60, f"certbot took {took:.0f} s"
+    # mail.example.test's chain is intact: only mx1's hook fails, with one line.
+    errors = auth_errors(run)
+    assert list(errors) == ["mx1.example.test"], run.stdout + run.stderr
+    [line] = errors["mx1.example.test"]
+    assert line == (
+        "pkinfra-certbot-hook: auth mx1.example.test: following CNAMEs from"
+        " _acme-challenge.mx1.example.test: CNAME loop: _acme-challenge.mx1.example.test ->"
+        " _acme-challenge.mx1.example.test.shadow.test -> _acme-challenge.mx1.example.test"
+    )
+    assert sh("pkinfra-mx1", SERIAL).stdout == before
+    print(f"CNAME loop: certbot failed after {took:.1f} s: {line}")
+
+
+def test_cname_into_a_zone_the_host_may_not_update_fails_with_one_line(
+    deployed: subprocess.CompletedProcess[str],
+) -> None:
+    # The chain leaves the shadow zone for unsigned.test, where no host key may write.
+    before = sh("pkinfra-mx1", SERIAL).stdout
+    with shadow_cname("_acme-challenge.mx1.unsigned.test."):
+        run, took = renew_mail()
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert took < 60, f"certbot took {took:.0f} s"
+    errors = auth_errors(run)
+    assert list(errors) == ["mx1.example.test"], run.stdout + run.stderr
+    [line] = errors["mx1.example.test"]
+    assert line == (
+        "pkinfra-certbot-hook: auth mx1.example.test: adding TXT at"
+        " _acme-challenge.mx1.unsigned.test in zone unsigned.test via 172.29.53.10: REFUSED"
+    )
+    assert sh("pkinfra-mx1", SERIAL).stdout == before
+    print(f"CNAME into unsigned.test: certbot failed after {took:.1f} s: {line}")
+
+
+def test_propagation_that_never_completes_fails_in_bounded_time(
+    deployed: subprocess.CompletedProcess[str],
+) -> None:
+    # The primary stops notifying ns2 (its next refresh is minutes away): ns2 answers as
+    # always, but never with the new value. The hook's own configuration with a 5 s
+    # propagation timeout (the deployed one waits 60 s).
+    conf = "/tmp/pkinfra-test-hook.conf"
+    made = sh(
+        "pkinfra-mx1",
+        f"sed 's/^propagation_timeout.*/propagation_timeout = 5/' {HOOK_CONFIG} > {conf}",
+    )
+    assert made.returncode == 0, made.stderr
+    before = sh("pkinfra-mx1", SERIAL).stdout
+    try:
+        with primary_configuration("/also-notify/d"):
+            run, took = renew_mail(f"PKINFRA_HOOK_CONFIG={conf}")
+    finally:
+        sh("pkinfra-mx1", f"rm -f {conf}")
+        # ns2 catches up with the primary's serial now rather than at its next refresh.
+        sh("pkinfra-ns1", "rndc notify shadow.test")
+        in_step = wait_for(
+            f'[ "$(dig +short @{PRIMARY} shadow.test SOA)"'
+            f' = "$(dig +short @{AUTHORITATIVE[1]} shadow.test SOA)" ]'
+        )
+    assert in_step, "ns2 did not catch up with the primary"
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert took < 60, f"certbot took {took:.0f} s"
+    # One line from every auth hook run (certbot runs one per name still to validate, even
+    # after one failed; Pebble may reuse mail's authorization from an earlier test), and none
+    # succeeded; each withdrew its value, so the validation cannot pass by chance (Pebble's
+    # resolver may well ask the primary).
+    errors = auth_errors(run)
+    assert "mx1.example.test" in errors, run.stdout + run.stderr
+    assert set(errors) <= {"mx1.example.test", "mail.example.test"}
+    assert ": published at " not in run.stdout + run.stderr
+    for name, lines in errors.items():
+        [line] = lines
+        assert line.startswith(f"pkinfra-certbot-hook: auth {name}: waiting for TXT at"), line
+        assert "after 5 s still not on 172.29.53.11 (" in line, line
+        assert line.endswith("; value withdrawn"), line
+    assert sh("pkinfra-mx1", SERIAL).stdout == before
+    # Withdrawn at the primary by the hook itself; ns2 never had it.
+    assert challenge_txt() == ""
+    print(f"propagation never completes: certbot failed after {took:.1f} s: {line}")
+
+
+# -- the ACME account: a lineage saved with an account the host no longer has ----------------
+
+ACCOUNT_LINE = "sed -n 's/^account = //p' /etc/letsencrypt/renewal/mail.conf"
+GONE = "0" * 32
+
+
+def test_a_lineage_on_a_gone_account_is_moved_to_the_current_one(
+    deployed: subprocess.CompletedProcess[str],
+) -> None:
+    conf = "/etc/letsencrypt/renewal/mail.conf"
+    saved = "/tmp/pkinfra-test-mail.conf"
+    account = sh("pkinfra-mx1", ACCOUNT_LINE).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", account), account
+    before = sh("pkinfra-mx1", SERIAL).stdout
+    broken = sh(
+        "pkinfra-mx1", f"cp -p {conf} {saved} && sed -i 's/^account = .*/account = {GONE}/' {conf}"
+    )
+    assert broken.returncode == 0, broken.stderr
+    try:
+        # The fault is real: certbot's own renewal cannot use the lineage now.
+        failing, _ = renew_mail()
+        assert failing.returncode != 0, failing.stdout + failing.stderr
+        assert sh("pkinfra-mx1", SERIAL).stdout == before
+        assert f"/{GONE} does not exist" in failing.stderr, failing.stderr
+
+        # --dry says why and changes nothing.
+        preview = deploy("--dry")
+        said = preview.stdout + preview.stderr
+        assert preview.returncode == 0, said
+        reason = f"certificate mail: its ACME account {GONE} is not on this host; moving to "
+        assert reason + account in said, said
+        assert sh("pkinfra-mx1", ACCOUNT_LINE).stdout.strip() == GONE
+
+        run = deploy()
+        out = run.stdout + run.stderr
+        assert run.returncode == 0, out
+        assert reason + account in out, out
+        assert sh("pkinfra-mx1", ACCOUNT_LINE).stdout.strip() == account
+        moved = sh("pkinfra-mx1", SERIAL).stdout
+        assert moved != before, "the lineage was not renewed"
+        # certbot's own renewal (cron, by hand) works again, on the current account.
+        works, _ = renew_mail()
+        assert works.returncode == 0, works.stdout + works.stderr
+        assert sh("pkinfra-mx1", SERIAL).stdout != moved
+    finally:
+        # Only if the deploy did not move it: a renewed lineage's configuration is newer.
+        sh(
+            "pkinfra-mx1",
+            f"if grep -q '^account = {GONE}' {conf}; then cp -p {saved} {conf}; fi; rm -f {saved}",
+        )
+    assert challenge_txt() == ""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pkinfra.ca import PassphraseSource
+from tests.helpers import lab_inventory_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
@@ -260,11 +261,7 @@ def test_no_secret_in_dry_diff_or_verbose_output(deployed: str) -> None:
 @pytest.fixture
 def inventory_copy(tmp_path: Path) -> Iterator[Path]:
     """The lab inventory in a temporary directory, sharing the CA store and the lab state."""
-    for name in ("inventory.py", "config.py"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "group_data", tmp_path / "group_data")
-    (tmp_path / "pki").symlink_to(PKI)
-    (tmp_path / ".lab").symlink_to(ROOT / ".lab")
+    lab_inventory_copy(tmp_path)
     yield tmp_path / "inventory.py"
 
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 
-from pkinfra.model import load_inventory_file
-from pkinfra.services import mapping
+from pkinfra import zones
+from pkinfra.model import SECRET_CONTENTS, HostSpec, Inventory, load_inventory_file
+from tests.helpers import lab_inventory_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
@@ -26,7 +27,6 @@ DEPLOYS = [
     "deploys/services.py",
     "deploys/lab_start.py",
 ]
-HOSTS = {"db1.example.test": "pkinfra-db1", "mon1.example.test": "pkinfra-mon1"}
 LIMIT = ["--limit", "@docker/pkinfra-db1", "--limit", "mon1.example.test"]
 CLIENT = "/etc/pkinfra/certs/monitoring"
 ROOT_CA = "/usr/local/share/ca-certificates/pkinfra-duckcorp.crt"
@@ -170,33 +170,129 @@ def test_revoked_client_certificate_is_refused_while_another_connects(deployed: 
     assert new.stdout.strip() == "monitoring", new.stderr
 
 
+#: Where deploys/dns.py installs a delegating host's own TSIG key (README, "DNS master").
+HOST_TSIG_KEY = ("/etc/pkinfra/tsig.key", "600 root root")
+#: deploys/dns.py: each BIND server's TSIG keys, readable by named's group only.
+SERVER_TSIG_STATE = "640 root bind"
+#: operations/pki.py: a CA-issued certificate's key, made on the host (umask 077), 0600 root.
+CA_ISSUED_KEY_STATE = "600 root root"
+#: deploys/pebble.py: the lab ACME server's key in its DIRECTORY, made there (umask 077).
+PEBBLE_KEY = ("/etc/pebble/key.pem", "600 root root")
+#: certbot's own modes, which pkinfra keeps (it passes no --key-path and changes no mode):
+#: lineage keys 0600 (a renewal keeps the previous key's owner and mode), the copy of each new
+#: key certbot keeps in keys/ 0600, account keys 0400.
+CERTBOT_KEY_STATE = "600 root root"
+CERTBOT_KEYS = {
+    "/etc/letsencrypt/keys/*_key-certbot.pem": "600 root root",
+    "/etc/letsencrypt/accounts/*/private_key.json": "400 root root",
+}
+#: Keys that pkinfra does not write, made by the lab image's Debian packages: only checked for
+#: access by others. Anything else that holds a key fails the walk.
+NOT_PKINFRA = (
+    "/etc/ssh/ssh_host_*_key",  # openssh-server
+    "/etc/ssl/private/ssl-cert-snakeoil.key",  # ssl-cert (never served: DESIGN.md)
+    "/etc/bind/rndc.key",  # bind9
+    f"{zones.Layout().dnssec_key_dir}/K*.private",  # named's own DNSSEC keys (dnssec-policy)
+)
+#: Where private keys may be; every file holding one is found, whatever its name (/root and
+#: /tmp are the tests' own scratch space).
+KEY_SEARCH = "/etc /usr/local /var/lib /srv /opt"
+KEY_PATTERNS = (
+    r"-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----",  # PEM: PKCS#8, SEC1, PKCS#1, OpenSSH
+    r'^[[:space:]]*secret[[:space:]]+"',  # BIND key clause (TSIG, rndc)
+    r"^Private-key-format:",  # BIND DNSSEC key
+)
+
+
+def container_of(spec: HostSpec) -> str:
+    """The lab container of an inventory host (mon1 is reached over SSH, by its FQDN)."""
+    if spec.pyinfra_name.startswith("@docker/"):
+        return spec.pyinfra_name.removeprefix("@docker/")
+    return f"pkinfra-{spec.fqdn.split('.')[0]}"
+
+
+def expected_keys(site: Inventory, spec: HostSpec) -> dict[str, str]:
+    """Path (or glob) -> "mode owner group" of every key file pkinfra puts on ``spec``."""
+    wanted = {
+        f.path: f"{int(f.file_mode, 8):o} {f.owner} {f.group}"
+        for s in spec.services
+        for f in s.files
+        if f.content in SECRET_CONTENTS
+    }
+    for cert in spec.certificates:
+        if cert.is_acme:
+            # The live name is a link into the archive, which keeps every renewal's copy.
+            wanted[f"{cert.host_directory}/privkey.pem"] = CERTBOT_KEY_STATE
+            wanted[f"/etc/letsencrypt/archive/{cert.name}/privkey*.pem"] = CERTBOT_KEY_STATE
+        else:
+            wanted[f"{cert.host_directory}/key.pem"] = CA_ISSUED_KEY_STATE
+    if any(c.is_acme for c in spec.certificates):
+        wanted |= CERTBOT_KEYS
+    dns = zones.render_site(site, keys=zones.key_names(site))
+    if spec.fqdn in dns.key_holders:
+        wanted[HOST_TSIG_KEY[0]] = HOST_TSIG_KEY[1]
+    server = dns.server(spec.fqdn)
+    for name in server.keys if server is not None else ():
+        wanted[zones.Layout().key_file(name)] = SERVER_TSIG_STATE
+    if "acme_servers" in spec.groups:
+        wanted[PEBBLE_KEY[0]] = PEBBLE_KEY[1]
+    return wanted
+
+
+def key_files(container: str) -> dict[str, str]:
+    """Every file on the host that holds a private key or secret -> "mode owner group"."""
+    patterns = " ".join(f"-e '{p}'" for p in KEY_PATTERNS)
+    run = sh(
+        container,
+        f"{{ grep -rlIE {patterns} {KEY_SEARCH} 2>/dev/null;"
+        f" find {KEY_SEARCH} -name private_key.json 2>/dev/null; }}"
+        " | sort -u | xargs -r stat -c '%n %a %U %G'",
+    )
+    assert run.returncode == 0, run.stderr
+    return dict(line.split(" ", 1) for line in run.stdout.splitlines())
+
+
+def stat_of(container: str, path: str) -> str:
+    run = sh(container, f"stat -L -c '%a %U %G' {path}")
+    assert run.returncode == 0, f"{container}:{path}: {run.stderr}"
+    return run.stdout.strip()
+
+
 def test_every_key_file_has_the_inventory_owner_group_and_mode(deployed: str) -> None:
+    """Every lab host: each key pkinfra wrote has the inventory's (or the documented default)
+    owner, group and mode; no file with a key is readable by others; none is unaccounted for."""
     site = load_inventory_file(ROOT / "inventory.py")
-    checked = 0
-    for fqdn, container in HOSTS.items():
-        spec = site.host(fqdn)
-        wanted = {
-            f["path"]: f"{f['mode'].lstrip('0')} {f['owner']} {f['group']}"
-            for s in mapping(site, spec)["services"]
-            for f in s["files"]
-            if f["content"] in ("key", "combined")
-        }
-        wanted |= {f"{c.host_directory}/key.pem": "600 root root" for c in spec.certificates}
-        for path, state in wanted.items():
-            run = sh(container, f"stat -c '%a %U %G' {path}")
-            assert run.stdout.strip() == state, f"{fqdn}:{path}: {run.stdout}{run.stderr}"
-            checked += 1
-    assert checked >= 5
+    seen: dict[str, int] = {}
+    for spec in site.hosts.values():
+        container = container_of(spec)
+        wanted = expected_keys(site, spec)
+        found = key_files(container)
+        for path, state in sorted(found.items()):
+            mode = int(state.split()[0], 8)
+            assert not mode & 0o007, f"{spec.fqdn}:{path} is open to others ({state})"
+            assert any(fnmatch(path, p) for p in [*wanted, *NOT_PKINFRA]), (
+                f"{spec.fqdn}:{path} holds a key that pkinfra did not put there ({state})"
+            )
+        for pattern, state in wanted.items():
+            if any(c in pattern for c in "*?["):
+                matches = [p for p in found if fnmatch(p, pattern)]
+                assert matches, f"{spec.fqdn}: no key file {pattern}"
+            else:
+                # Stat'ed even where the search did not list it: certbot's live name is a link.
+                matches = [pattern]
+            for path in matches:
+                assert stat_of(container, path) == state, f"{spec.fqdn}:{path}: want {state}"
+            seen[spec.fqdn] = seen.get(spec.fqdn, 0) + len(matches)
+    # The inventory gives every lab host keys to check but the resolver (where a key would
+    # still fail the walk above, as pkinfra puts none there).
+    keyless = {"resolver.example.test"}
+    assert set(seen) == set(site.hosts) - keyless, seen
 
 
 @pytest.fixture
 def broken_restart(tmp_path: Path) -> Iterator[Path]:
     """The lab inventory with the backup agent's restart command failing."""
-    for name in ("inventory.py", "config.py"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "group_data", tmp_path / "group_data")
-    (tmp_path / "pki").symlink_to(ROOT / "pki")
-    (tmp_path / ".lab").symlink_to(ROOT / ".lab")
+    lab_inventory_copy(tmp_path)
     text = (tmp_path / "inventory.py").read_text()
     good = '"/usr/local/sbin/lab-backup-agent restart"'
     assert good in text

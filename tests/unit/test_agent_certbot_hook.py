@@ -11,7 +11,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import dns.flags
+import dns.message
+import dns.query
 import pytest
 
 from pkinfra.agent.certbot_hook import HookConfig, HookError, challenge_name, main, txt_value
@@ -198,9 +202,11 @@ def test_propagation_that_never_completes_fails_in_bounded_time(
     assert time.monotonic() - started < 6
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "still not on" in err and dead in err
-    # The value stays until certbot's cleanup hook runs, which removes it.
-    assert hook("cleanup", config, "mx1.example.test", value) == 0
+    assert err.rstrip().endswith("; value withdrawn")
+    # Withdrawn before certbot asks for validation (it does even after a failed auth hook).
     assert f'"{value}"' not in lab.values(lab.primary, MX1_CHALLENGE, "TXT")
+    # certbot's cleanup hook still runs; nothing left to delete is no error.
+    assert hook("cleanup", config, "mx1.example.test", value) == 0
 
 
 def test_the_zone_is_remembered_and_a_stale_hint_costs_one_retry(
@@ -226,4 +232,44 @@ def test_the_zone_is_remembered_and_a_stale_hint_costs_one_retry(
     # Garbage in the cache is ignored.
     cache.write_text("not json")
     assert hook("auth", config, "mx1.example.test", value) == 0
+    assert hook("cleanup", config, "mx1.example.test", value) == 0
+
+
+def test_a_remembered_zone_is_used_and_the_new_name_is_not_asked_about(
+    lab: NamedLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(lab, tmp_path)
+    value = token()
+    assert hook("auth", config, "mx1.example.test", value) == 0
+    assert hook("cleanup", config, "mx1.example.test", value) == 0
+    # Second run: the cache names the zone, so the target is never looked up with RD=1 (what
+    # would make a resolver hold it as nonexistent); only RD=0 propagation checks touch it.
+    recursive: list[str] = []
+    real = dns.query.udp_with_fallback
+
+    def spy(query: dns.message.Message, *args: Any, **kwargs: Any) -> Any:
+        if query.flags & dns.flags.RD:
+            recursive.append(query.question[0].name.to_text())
+        return real(query, *args, **kwargs)
+
+    monkeypatch.setattr(dns.query, "udp_with_fallback", spy)
+    value = token()
+    assert hook("auth", config, "mx1.example.test", value) == 0
+    assert hook("cleanup", config, "mx1.example.test", value) == 0
+    assert recursive, "the chain's start is still looked up"
+    assert MX1_CHALLENGE not in recursive
+
+
+def test_a_damaged_cache_entry_is_ignored(lab: NamedLab, tmp_path: Path) -> None:
+    config = write_config(lab, tmp_path)
+    cache = tmp_path / "zones.json"
+    # A "zone" that cannot hold the target: not taken as a hint at all.
+    cache.write_text(json.dumps({"_acme-challenge.mx1.example.test": [MX1_CHALLENGE, "other."]}))
+    value = token()
+    assert hook("auth", config, "mx1.example.test", value) == 0
+    assert f'"{value}"' in lab.values(lab.primary, MX1_CHALLENGE, "TXT")
+    assert json.loads(cache.read_text())["_acme-challenge.mx1.example.test"] == [
+        MX1_CHALLENGE,
+        "shadow.example.test.",
+    ]
     assert hook("cleanup", config, "mx1.example.test", value) == 0

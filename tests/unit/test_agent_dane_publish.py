@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from pkinfra import tlsa
 from pkinfra.agent import dane_publish
+from tests.helpers import self_signed
 from tests.unit.named_fixture import MX1_TLSA, NamedLab, named_binary, running_lab
 
 OWNER = "_25._tcp.mx1.example.test."
@@ -27,28 +27,7 @@ def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamedLab]:
 
 def certificate(directory: Path, name: str) -> tuple[Path, str]:
     cert = directory / f"{name}.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-days",
-            "2",
-            "-keyout",
-            str(directory / "k.pem"),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    self_signed(directory / "k.pem", cert, f"/CN={name}")
     return cert, tlsa.TLSARecord.from_pem(cert.read_bytes()).to_text()
 
 

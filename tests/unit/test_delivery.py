@@ -14,34 +14,14 @@ from typing import Any
 import pytest
 
 from pkinfra import delivery
+from tests.helpers import self_signed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes file owners: needs root")
 
 
 def make_pair(directory: Path, name: str) -> tuple[Path, Path]:
     key, cert = directory / f"{name}.key", directory / f"{name}.crt"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-days",
-            "2",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    self_signed(key, cert, f"/CN={name}")
     return key, cert
 
 

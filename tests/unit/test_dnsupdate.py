@@ -18,6 +18,7 @@ from typing import Any
 import dns.message
 import dns.name
 import dns.query
+import dns.rdatatype
 import dns.renderer
 import pytest
 
@@ -35,6 +36,7 @@ from tests.unit.named_fixture import (
     MX1_CHALLENGE,
     MX1_TLSA,
     SHADOW_ZONE,
+    STATIC_ZONE,
     WEB1_CHALLENGE,
     NamedLab,
     named_binary,
@@ -231,6 +233,63 @@ def test_zone_of_a_name_that_does_not_exist_yet(lab: NamedLab) -> None:
     assert str(zone) == "shadow.example.test"
 
 
+def record_queries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(name, type) of every query the client sends over UDP, from now on."""
+    asked: list[tuple[str, str]] = []
+    real = dns.query.udp_with_fallback
+
+    def spy(query: dns.message.Message, *args: Any, **kwargs: Any) -> Any:
+        question = query.question[0]
+        asked.append((question.name.to_text(), dns.rdatatype.to_text(question.rdtype)))
+        return real(query, *args, **kwargs)
+
+    monkeypatch.setattr(dns.query, "udp_with_fallback", spy)
+    return asked
+
+
+def test_a_zone_hint_spares_the_walk_up(lab: NamedLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"new-{uuid.uuid4().hex[:8]}.{SHADOW_ZONE}"
+    client = lab.client()
+    client.hint_zone(name, SHADOW_ZONE.rstrip("."))
+    asked = record_queries(monkeypatch)
+    zone = client.zone_of(name)
+    assert str(zone) == "shadow.example.test"
+    # Only the zone's own SOA/NS and name server addresses: never the (nonexistent) name.
+    assert asked and all(qname != name for qname, _ in asked)
+
+
+def test_without_a_hint_the_name_itself_is_asked(
+    lab: NamedLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counterpart of the test above: the walk up starts at the name.
+    name = f"new-{uuid.uuid4().hex[:8]}.{SHADOW_ZONE}"
+    asked = record_queries(monkeypatch)
+    assert str(lab.client().zone_of(name)) == "shadow.example.test"
+    assert (name, "SOA") in asked
+
+
+def test_a_zone_hint_is_taken_as_given(lab: NamedLab) -> None:
+    # Not verified: a wrong (but well-formed) hint is the caller's to retry without.
+    client = lab.client()
+    client.hint_zone(MX1_CHALLENGE, STATIC_ZONE)
+    assert str(client.zone_of(MX1_CHALLENGE)) == "example.test"
+    with pytest.raises(DNSUpdateError) as caught:
+        client.add(MX1_CHALLENGE, "TXT", token(), 5)
+    assert "in zone example.test" in str(caught.value)
+    assert caught.value.rcode in ("NOTZONE", "REFUSED", "NOTAUTH")
+
+
+def test_a_zone_hint_must_be_a_parent() -> None:
+    client = RFC2136Client(resolvers=["127.0.0.1"])
+    with pytest.raises(DNSUpdateError) as caught:
+        client.hint_zone("_acme-challenge.mx1.example.test", "other.test")
+    assert str(caught.value) == (
+        "taking a zone hint: other.test is not a parent of _acme-challenge.mx1.example.test"
+    )
+    with pytest.raises(DNSUpdateError, match="taking a zone hint: invalid name"):
+        client.hint_zone("a..b", "b")
+
+
 def test_cname_one_hop(lab: NamedLab) -> None:
     final, chain = lab.client().follow_cnames("_acme-challenge.mx1.example.test")
     assert final == dns.name.from_text(MX1_CHALLENGE)
@@ -360,6 +419,17 @@ def test_wait_visible_times_out_listing_the_lagging_servers(lab: NamedLab) -> No
     assert lab.primary.server in text
     assert lab.secondary.server in text
     assert caught.value.rcode == "timeout"
+
+
+def test_wait_visible_counts_from_the_callers_start(lab: NamedLab) -> None:
+    # A budget that began 10 s ago: 0.3 s are left, and the error names the whole budget.
+    started = time.monotonic()
+    with pytest.raises(DNSUpdateError) as caught:
+        lab.client().wait_visible(
+            MX1_CHALLENGE, "TXT", token(), timeout=10.3, started=time.monotonic() - 10
+        )
+    assert time.monotonic() - started < 1.5
+    assert "after 10.3 s still not on " in str(caught.value)
 
 
 def test_another_hosts_name_is_refused(lab: NamedLab) -> None:

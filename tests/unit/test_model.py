@@ -396,3 +396,37 @@ def test_removed_fields_do_not_leak_between_cases() -> None:
     b = copy.deepcopy(a)
     mx1(a)["fqdn"] = "changed.example.test"
     assert mx1(b)["fqdn"] == "mx1.example.test"
+
+
+def test_rollover_label_needs_its_next_name_free() -> None:
+    groups = base_groups()
+    certs = mx1(groups)["certificates"]
+    certs[0]["rollover"] = "2026-11"
+    certs[1]["rollover"] = "2026-11"
+    assert problems(base_all(), groups) == []
+    certs.append(
+        {
+            "name": "mail-next",
+            "names": ["mx1.example.test"],
+            "issuer": "acme",
+            "challenge": "dns-01",
+        }
+    )
+    assert problems(base_all(), groups) == [
+        "mx1.example.test: certificates[0].rollover: a rollover uses the name 'mail-next', "
+        "which is another certificate's name here",
+    ]
+    certs.pop()
+    certs[0]["rollover"] = "not a label!"
+    assert any("certificates[0].rollover" in p for p in problems(base_all(), groups))
+
+
+def test_rollover_wait_is_a_global_setting() -> None:
+    data = base_all()
+    data["rollover_wait"] = 90
+    inventory = load(Path("/nonexistent"), base_groups(), {"all": data})
+    assert inventory.settings.rollover_wait == 90
+    assert any(
+        "group_data/mail.py" in p and "rollover_wait" in p
+        for p in problems(base_all(), base_groups(), {"mail": {"rollover_wait": 90}})
+    )

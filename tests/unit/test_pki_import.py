@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from pkinfra.ca import CAStore, PassphraseSource
 from pkinfra.keys import generate_private_key, spki_sha256
+from tests.helpers import make_mkcert_ca
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
@@ -35,38 +36,8 @@ cas = {
 """
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_mkcert_ca(directory: Path) -> None:
-    directory.mkdir()
-    openssl(
-        "req", "-x509", "-newkey", "rsa:3072", "-nodes", "-days", "3650",
-        "-keyout", "rootCA-key.pem", "-out", "rootCA.pem",
-        "-subj", "/O=mkcert development CA/OU=me@laptop/CN=mkcert me@laptop",
-        "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-        "-addext", "keyUsage=critical,keyCertSign",
-        cwd=directory,
-    )  # fmt: skip
-    # A certificate it issued before pkinfra took it over.
-    openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", "old-key.pem", "-out", "old.csr", "-subj", "/CN=old.legacy.test",
-        cwd=directory,
-    )  # fmt: skip
-    (directory / "ext").write_text(
-        "subjectAltName=DNS:old.legacy.test\nextendedKeyUsage=serverAuth\n"
-    )
-    openssl(
-        "x509", "-req", "-in", "old.csr", "-CA", "rootCA.pem", "-CAkey", "rootCA-key.pem",
-        "-CAcreateserial", "-days", "365", "-extfile", "ext", "-out", "old.pem",
-        cwd=directory,
-    )  # fmt: skip
-
-
 def test_imported_mkcert_ca_keeps_validating_and_issues(tmp_path: Path) -> None:
-    make_mkcert_ca(tmp_path / "mkcert")
+    make_mkcert_ca(tmp_path / "mkcert", "old.legacy.test")
     (tmp_path / "pass").write_text("import passphrase\n")
     (tmp_path / "group_data").mkdir()
     (tmp_path / "group_data" / "all.py").write_text(GROUP_DATA)

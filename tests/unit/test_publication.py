@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pkinfra import tlsa
+from pkinfra import issue, tlsa
 from pkinfra.ca import CAStore
 from pkinfra.model import load_inventory_file
 from pkinfra.publication import Unpublished, ca_tlsa_records
@@ -62,3 +62,46 @@ def test_records_follow_the_store(tmp_path: Path) -> None:
         passphrase=None,
     )
     assert [r.value for r in ca_tlsa_records(inventory, store)[0]] == [expected]
+
+
+def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def test_a_key_rollover_publishes_both_keys_until_the_old_one_is_retired(tmp_path: Path) -> None:
+    inventory = dataclasses.replace(load_inventory_file(ROOT / "inventory.py"), base_dir=tmp_path)
+    store = CAStore(inventory.pki_dir)
+    store.create_root("duckcorp", unencrypted=True)
+    old, new = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    old_rr = tlsa.TLSARecord.build(old.public_key()).to_text()
+    new_rr = tlsa.TLSARecord.build(new.public_key()).to_text()
+
+    def sign(key: ec.EllipticCurvePrivateKey, cert_name: str) -> None:
+        store.sign_csr(
+            "duckcorp", _csr(key), names=["db1.example.test"], usages={"server"},
+            validity_days=30, host="db1.example.test", cert_name=cert_name, passphrase=None,
+        )  # fmt: skip
+
+    def published() -> list[str]:
+        return [r.value for r in ca_tlsa_records(inventory, store)[0]]
+
+    lost = ec.generate_private_key(ec.SECP256R1())
+    sign(lost, "postgres")  # a key lost long ago: its certificate is still valid
+    sign(old, "postgres")
+    sign(old, "postgres")  # a renewal keeps the key: still one record
+    assert published() == [old_rr], "only the newest certificate's key"
+    sign(new, "postgres-next")  # step 1: the next certificate
+    assert published() == [old_rr, new_rr]
+    sign(new, "postgres")  # step 2: the switch signs the next key under the real name
+    assert sorted(published()) == sorted([old_rr, new_rr]), "the old one stays until retired"
+    retired = issue.retire_key(store, "db1.example.test", "postgres", old_rr.split()[-1])
+    assert len(retired) == 3 and {r.revocation_reason for r in retired} == {"superseded"}
+    assert {r.cert_name for r in retired} == {"postgres", "postgres-next"}
+    assert published() == [new_rr]
+    # Another host's certificates are never retired by it.
+    assert issue.retire_key(store, "web1.example.test", "postgres", new_rr.split()[-1]) == []

@@ -1,0 +1,348 @@
+"""Key rollover on the host (pkinfra.agent.rollover) against a real BIND primary and secondary.
+
+certbot is played by a small stand-in that keeps certbot's lineage layout (``live/`` symlinks
+into ``archive/``, ``reuse_key`` renewals that read ``live/<name>/privkey.pem``) and runs the
+deploy hooks in certbot's order: the real TLSA publisher, then a delivery that copies the
+lineage's certificate to what the "service" serves. After every step the test checks RFC 7671's
+rule on the real servers: the RRset always holds the record of the certificate being served.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pkinfra import tlsa
+from pkinfra.agent import dane_publish, rollover
+from tests.unit.named_fixture import MX1_TLSA, NamedLab, named_binary, running_lab
+
+OWNER = "_25._tcp.mx1.example.test."
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamedLab]:
+    if named_binary() is None:
+        pytest.skip("named is not installed (apt-get install bind9); the project setup installs it")
+    with running_lab(tmp_path_factory.mktemp("named")) as running:
+        yield running
+
+
+def _cert_for(key_pem: bytes, name: str) -> bytes:
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _new_key() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def record(pem_file: Path) -> str:
+    return tlsa.TLSARecord.from_pem(pem_file.read_bytes()).to_text().lower()
+
+
+class Certbot:
+    """certbot's lineage layout and hook order, without an ACME server."""
+
+    def __init__(self, root: Path, named: NamedLab, dane_config: Path) -> None:
+        self.root = root
+        self.live = root / "live"
+        self.archive = root / "archive"
+        self.named = named
+        self.dane_config = dane_config
+        self.served = root / "served.pem"  # what the service presents
+        self.calls: list[list[str]] = []
+        self.fail_renew = False
+        self.delivery_result: dict[str, Any] = {"error": None, "held": None, "pending": False}
+        self.checks = 0
+
+    def issue(self, name: str, key_pem: bytes | None = None) -> None:
+        version = 1
+        archive = self.archive / name
+        if archive.exists():
+            version = 1 + max(int(p.stem[4:]) for p in archive.glob("cert*.pem"))
+        else:
+            archive.mkdir(parents=True)
+        if key_pem is None:
+            key_pem = (self.live / name / "privkey.pem").read_bytes()
+        (archive / f"privkey{version}.pem").write_bytes(key_pem)
+        (archive / f"cert{version}.pem").write_bytes(_cert_for(key_pem, name))
+        live = self.live / name
+        live.mkdir(parents=True, exist_ok=True)
+        for kind in ("privkey", "cert"):
+            link = live / f"{kind}.pem"
+            link.unlink(missing_ok=True)
+            link.symlink_to(Path("../../archive") / name / f"{kind}{version}.pem")
+
+    def deliver(self) -> None:
+        shutil.copyfile(self.live / "mail" / "cert.pem", self.served)
+
+    def assert_served_record_published(self) -> None:
+        want = record(self.served)
+        for server in self.named.servers:
+            assert want in self.named.values(server, MX1_TLSA, "TLSA"), server.name
+        self.checks += 1
+
+    def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        args = list(args)
+        self.calls.append(args)
+        name = args[args.index("--cert-name") + 1] if "--cert-name" in args else ""
+        out, code = "", 0
+        if args[:2] == ["certbot", "certonly"]:
+            self.issue(name, _new_key())
+        elif args[:2] == ["certbot", "renew"]:
+            self.assert_served_record_published()
+            if self.fail_renew:
+                return subprocess.CompletedProcess(args, 1, "", "An unexpected error: Pebble down")
+            self.issue(name)
+            # Deploy hooks, in certbot's order: 40-pkinfra-dane, then 50-pkinfra-deliver.
+            assert dane_publish.main(["--config", str(self.dane_config), "--lineage", name]) == 0
+            self.assert_served_record_published()
+            self.deliver()
+            self.assert_served_record_published()
+        elif args[:2] == ["certbot", "delete"]:
+            shutil.rmtree(self.live / name)
+            shutil.rmtree(self.archive / name)
+        elif args[0] == "deliver":
+            out = json.dumps(
+                {"plan": False, "services": [{"name": "postfix", **self.delivery_result}]}
+            )
+            code = 1 if self.delivery_result["error"] else 0
+        else:
+            raise AssertionError(f"unexpected command {args}")
+        return subprocess.CompletedProcess(args, code, out + "\n", "")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def lab(named: NamedLab, tmp_path: Path) -> Iterator[tuple[Certbot, dict[str, Any], Clock]]:
+    live = tmp_path / "live"
+    dane_config = tmp_path / "dane.json"
+    state_dir = tmp_path / "rollover"
+    dane_config.write_text(
+        json.dumps(
+            {
+                "tsig_key": str(named.key_file("mx1-key")),
+                "ttl": 5,
+                "timeout": 10,
+                "resolvers": [named.primary.server],
+                "port": named.primary.port,
+                "server_addresses": {"ns2.example.test": named.secondary.server},
+                "rollover_dir": str(state_dir),
+                "publications": [
+                    {
+                        "owner": OWNER,
+                        "lineage": "mail",
+                        "lineages": ["mail", "mail-next"],
+                        "certificates": [
+                            str(live / "mail" / "cert.pem"),
+                            str(live / "mail-next" / "cert.pem"),
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    certbot = Certbot(tmp_path, named, dane_config)
+    certbot.issue("mail", _new_key())
+    certbot.deliver()
+    assert dane_publish.main(["--config", str(dane_config)]) == 0
+    config = {
+        "state_dir": str(state_dir),
+        "dane_config": str(dane_config),
+        "delivery": ["deliver"],
+        "certificates": {
+            "mail": {
+                "next": "mail-next",
+                "ttl": 60,
+                "certbot_next": ["certbot", "certonly", "--cert-name", "mail-next"],
+            }
+        },
+    }
+    yield certbot, config, Clock()
+
+
+def agent(certbot: Certbot, config: dict[str, Any], clock: Clock) -> rollover.Rollover:
+    return rollover.Rollover(
+        "mail", config, live=certbot.live, run=certbot, clock=clock, sleep=clock.sleep
+    )
+
+
+def served_everywhere(named: NamedLab) -> list[set[str]]:
+    return [named.values(s, MX1_TLSA, "TLSA") for s in named.servers]
+
+
+def test_two_steps_roll_the_key_without_a_gap(
+    lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
+) -> None:
+    certbot, config, clock = lab
+    old = record(certbot.served)
+    r = agent(certbot, config, clock)
+
+    assert "step 1 done" in r.start("2026-11")
+    new = record(certbot.live / "mail-next" / "cert.pem")
+    assert new != old
+    assert served_everywhere(named) == [{old, new}] * 2
+    certbot.assert_served_record_published()
+
+    # Step 2 before the TTL has passed: refused, nothing switched.
+    clock.now += 30
+    with pytest.raises(rollover.Waiting, match="step 2 in 31 s"):
+        r.finish()
+    assert record(certbot.served) == old and r.state()["step"] == "published"
+
+    # With enough wait allowed, it waits out the TTL, then switches.
+    assert "rolled over to '2026-11'" in r.finish(wait=60)
+    assert clock.now == 1_800_000_060.0
+    assert record(certbot.served) == new
+    assert record(certbot.live / "mail" / "privkey.pem") == new, "the main lineage has the key"
+    assert not (certbot.live / "mail-next").exists()
+    assert served_everywhere(named) == [{new}] * 2
+    state = r.state()
+    assert state["step"] == "done" and state["label"] == "2026-11" and state["keep"] == []
+    assert not r.backup_file.exists()
+    assert certbot.checks >= 3
+    # Same label again: nothing to do.
+    assert "nothing to do" in r.start("2026-11")
+
+
+def test_failed_switch_puts_the_old_key_back(
+    lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
+) -> None:
+    certbot, config, clock = lab
+    old_key = (certbot.live / "mail" / "privkey.pem").read_bytes()
+    old = record(certbot.served)
+    r = agent(certbot, config, clock)
+    r.start("k2")
+    clock.now += 61
+    certbot.fail_renew = True
+    with pytest.raises(rollover.RolloverError, match=r"the old key is back.*Pebble down"):
+        r.finish()
+    assert (certbot.live / "mail" / "privkey.pem").read_bytes() == old_key
+    assert record(certbot.live / "mail" / "cert.pem") == old
+    assert r.state()["step"] == "published"
+    assert old in served_everywhere(named)[0]
+
+    certbot.fail_renew = False
+    assert "rolled over" in r.finish()
+    assert record(certbot.served) != old
+
+
+def test_old_record_stays_until_every_service_switched(
+    lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
+) -> None:
+    certbot, config, clock = lab
+    old = record(certbot.served)
+    r = agent(certbot, config, clock)
+    r.start("k3")
+    clock.now += 61
+    certbot.delivery_result = {
+        "error": "'postfix reload' failed (exit 1)",
+        "held": None,
+        "pending": True,
+    }
+    with pytest.raises(rollover.RolloverError, match=r"old record stays.*postfix reload"):
+        r.finish()
+    assert r.state()["step"] == "switched"
+    assert all(old in values for values in served_everywhere(named))
+    assert (certbot.live / "mail-next").exists()
+
+    certbot.delivery_result = {"error": None, "held": None, "pending": False}
+    assert "rolled over" in r.finish()
+    assert all(old not in values for values in served_everywhere(named))
+
+
+def test_interrupted_switch_resumes(
+    lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
+) -> None:
+    certbot, config, clock = lab
+    r = agent(certbot, config, clock)
+    r.start("k4")
+    new = r.state()["next_record"]
+    clock.now += 61
+    # Killed right after the key was staged into the lineage, before certbot renewed.
+    r.save(step="switching")
+    key_file = (certbot.live / "mail" / "privkey.pem").resolve()
+    rollover._write_secret(key_file, (certbot.live / "mail-next" / "privkey.pem").read_bytes())
+    assert "rolled over" in agent(certbot, config, clock).finish()
+    assert record(certbot.served) == new
+    assert served_everywhere(named) == [{new}] * 2
+
+
+def test_step_two_refuses_while_the_next_record_is_not_served(
+    lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
+) -> None:
+    certbot, config, clock = lab
+    r = agent(certbot, config, clock)
+    r.start("k5")
+    clock.now += 61
+    # The next record vanished from the servers (an operator, a restored zone...).
+    client = dane_publish.client_for(json.loads(certbot.dane_config.read_text()))
+    old = record(certbot.served)
+    target, _ = client.follow_cnames(OWNER)
+    client.replace(target, "TLSA", [old], 5)
+    with pytest.raises(rollover.RolloverError, match=r"step 2 refused.*not served everywhere"):
+        r.finish()
+    assert record(certbot.served) == old and r.state()["step"] == "published"
+    assert not any(c[:2] == ["certbot", "renew"] for c in certbot.calls)
+
+
+def test_another_label_while_one_runs_is_refused_and_abort_undoes_step_one(
+    lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
+) -> None:
+    certbot, config, clock = lab
+    old = record(certbot.served)
+    r = agent(certbot, config, clock)
+    r.start("k6")
+    with pytest.raises(rollover.RolloverError, match="a rollover to 'k6' is at step 'published'"):
+        r.start("k7")
+    assert "aborted" in r.abort()
+    assert not (certbot.live / "mail-next").exists()
+    assert served_everywhere(named) == [{old}] * 2
+    r.start("k7")
+    assert r.state()["label"] == "k7" and r.state()["step"] == "published"
+
+
+def test_unknown_certificate_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "rollover.json"
+    cfg.write_text(json.dumps({"certificates": {"mail": {}}}))
+    assert rollover.main(["--config", str(cfg), "finish", "web"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "pkinfra-rollover: no rollover configured for certificate 'web' (known: mail)"
