@@ -57,7 +57,6 @@ certificates = [c for c in spec.certificates if c.is_acme]
 if certificates:
     if settings is None:
         raise DeployError(f"pkinfra: {spec.fqdn} has ACME certificates but no acme settings")
-    dns01 = [c for c in certificates if c.challenge == "dns-01"]
     http01 = [c for c in certificates if c.challenge == "http-01"]
     apt.packages(name="certbot", packages=["certbot", "python3-dnspython"], update=False)
     # Debian's timer and cron job already start renewals at a random time; certbot's own
@@ -83,32 +82,29 @@ if certificates:
             source=str(settings.ca_bundle),
         )
 
-    # The agent: DNS-01 hooks, and the TLSA publisher of ACME certificates (deploys/dane.py).
-    acme_tlsa = [t for t in spec.tlsa if t.certificate in {c.name for c in certificates}]
-    if dns01 or acme_tlsa:
-        for relative in ("pkinfra/__init__.py", *acme.AGENT_FILES):
-            files.put(
-                name=f"pkinfra agent: {relative}",
-                src=str(ROOT / relative),
-                dest=f"{acme.LIB_DIR}/{relative}",
-                mode="0644",
-                create_remote_dir=True,
-            )
+    # The agent, on every host with ACME certificates: DNS-01 hooks, the TLSA publisher and
+    # the key rollover (deploys/dane.py).
+    for relative in ("pkinfra/__init__.py", *acme.AGENT_FILES):
         files.put(
-            name="pkinfra agent: certbot hook",
-            src=StringIO(acme.hook_wrapper()),
-            dest=acme.HOOK,
-            mode="0755",
-        )
-        files.put(
-            name="pkinfra agent: hook configuration",
-            src=StringIO(
-                acme.hook_config(HOST_TSIG_KEY, ttl=inv.settings.shadow_zone.challenge_ttl)
-            ),
-            dest=acme.HOOK_CONFIG,
+            name=f"pkinfra agent: {relative}",
+            src=str(ROOT / relative),
+            dest=f"{acme.LIB_DIR}/{relative}",
             mode="0644",
             create_remote_dir=True,
         )
+    files.put(
+        name="pkinfra agent: certbot hook",
+        src=StringIO(acme.hook_wrapper()),
+        dest=acme.HOOK,
+        mode="0755",
+    )
+    files.put(
+        name="pkinfra agent: hook configuration",
+        src=StringIO(acme.hook_config(HOST_TSIG_KEY, ttl=inv.settings.shadow_zone.challenge_ttl)),
+        dest=acme.HOOK_CONFIG,
+        mode="0644",
+        create_remote_dir=True,
+    )
 
     if http01:
         webroots: dict[str, list[str]] = defaultdict(list)

@@ -51,6 +51,8 @@ if publications:
                     "ttl": inv.settings.shadow_zone.tlsa_ttl,
                     "timeout": 60,
                     "rollover_dir": acme.ROLLOVER_DIR,
+                    "services_mapping": MAPPING_FILE,
+                    "seen_file": acme.DANE_SEEN,
                     "publications": publications,
                 },
                 indent=1,

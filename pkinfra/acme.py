@@ -333,6 +333,7 @@ AGENT_FILES = (
 DANE_PUBLISH = "/usr/local/bin/pkinfra-dane-publish"
 DANE_CONFIG = "/etc/pkinfra/dane.json"
 DANE_DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/40-pkinfra-dane"
+DANE_SEEN = "/var/lib/pkinfra/dane-seen.json"
 ROLLOVER = "/usr/local/bin/pkinfra-rollover"
 ROLLOVER_CONFIG = "/etc/pkinfra/rollover.json"
 ROLLOVER_DIR = "/etc/pkinfra/rollover"

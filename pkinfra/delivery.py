@@ -248,6 +248,10 @@ def deliver_service(service: dict[str, Any], *, plan: bool, state_dir: Path) -> 
         result.changed = [t[0] for t in todo]
 
         gate = service.get("gate")
+        if todo and key_changed and gate and plan:
+            # The gate may wait (a TTL); a plan only says that the delivery will ask it.
+            result.held = "a new key: delivered once its TLSA record has been served long enough"
+            return result
         if todo and key_changed and gate:
             run = subprocess.run(
                 ["sh", "-c", gate],

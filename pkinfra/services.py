@@ -66,8 +66,9 @@ def service_entry(inventory: Inventory, host: HostSpec, svc: Service) -> dict[st
         "name": svc.name,
         "certificate": cert.name,
         "lineage": cert.name if cert.is_acme else None,
-        # A new key waits until its TLSA record is served everywhere (DANE, RFC 7671).
-        "gate": f"{DANE_PUBLISH} --check --lineage {cert.name}" if published else None,
+        # A new key waits until its TLSA record has been served everywhere for the TTL (DANE,
+        # RFC 7671: no resolver may still cache a set without it).
+        "gate": f"{DANE_PUBLISH} --gate --lineage {cert.name}" if published else None,
         "files": [
             {
                 "path": f.path,

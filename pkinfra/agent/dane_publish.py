@@ -7,14 +7,23 @@ never configured), makes the TLSA RRset there exactly "3 1 1" of every certifica
 exists (the current lineage, and the next one during a key rollover) with the host's TSIG key,
 in one update, and waits until every authoritative server serves the new set.
 
-``--check LINEAGE`` changes nothing: it exits 0 when every authoritative server serves the
-records of that lineage's publications, 1 otherwise (a delivery gate: a new key must not reach a
-service before its record is out).
+``--check`` changes nothing: it exits 0 when every authoritative server serves exactly the
+wanted records, 1 otherwise (the pyinfra run's fact: publish or not). ``--gate`` is the delivery
+gate (a new key must not reach a service before its record is out): it exits 0 once every
+wanted record has been served by every authoritative server for at least the TTL, so that no
+resolver still caches a set without it, waiting for that up to the TTL and a margin; 1 if it
+does not happen. When each record was first seen everywhere is kept in ``seen_file``.
+
+The wanted records are those of the listed certificates that exist, those a rollover keeps,
+and those of the certificate files the services of the lineage have now (from the services
+mapping): a service still on an older key (its delivery held or pending) keeps its record.
 
 The configuration (``/etc/pkinfra/dane.json``, written by the deploy)::
 
     {"tsig_key": "/etc/pkinfra/tsig.key", "ttl": 60, "timeout": 60,
      "rollover_dir": "/etc/pkinfra/rollover",
+     "services_mapping": "/etc/pkinfra/services.json",
+     "seen_file": "/var/lib/pkinfra/dane-seen.json",
      "publications": [{"owner": "_25._tcp.mx1.example.test", "lineage": "mail",
                        "lineages": ["mail", "mail-next"],
                        "certificates": ["/etc/letsencrypt/live/mail/cert.pem",
@@ -34,6 +43,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,10 +82,39 @@ def kept(publication: dict[str, Any], rollover_dir: str | None) -> set[str]:
     return {_canonical(v) for v in state.get("keep", [])}
 
 
-def wanted(publication: dict[str, Any], rollover_dir: str | None = None) -> set[str]:
-    """3 1 1 of every listed certificate that exists (a next lineage may not exist yet), and
-    the records a rollover keeps."""
-    values = kept(publication, rollover_dir)
+def in_service(publication: dict[str, Any], mapping: str | None) -> set[str]:
+    """3 1 1 of the certificates the services of the publication's lineages have now."""
+    if not mapping or not Path(mapping).exists():
+        return set()
+    try:
+        services = json.loads(Path(mapping).read_text()).get("services", [])
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot read the services mapping {mapping}: {exc}") from None
+    values = set()
+    names = set(lineages(publication))
+    for service in services:
+        if service.get("lineage") not in names:
+            continue
+        for f in service.get("files", []):
+            if f.get("content") not in ("cert", "fullchain", "combined"):
+                continue
+            try:
+                pem = Path(f["path"]).read_bytes()
+            except FileNotFoundError:
+                continue  # not delivered yet
+            except OSError as exc:
+                raise PublishError(f"{f['path']}: {exc.strerror}") from None
+            # combined: the key comes first; its public half is the served key as well.
+            values.add(_canonical(tlsa.TLSARecord.from_pem(pem).to_text()))
+    return values
+
+
+def wanted(
+    publication: dict[str, Any], rollover_dir: str | None = None, mapping: str | None = None
+) -> set[str]:
+    """3 1 1 of every listed certificate that exists (a next lineage may not exist yet), the
+    records a rollover keeps, and those of what the lineage's services have now."""
+    values = kept(publication, rollover_dir) | in_service(publication, mapping)
     for path in publication["certificates"]:
         try:
             pem = Path(path).read_bytes()
@@ -89,29 +128,113 @@ def wanted(publication: dict[str, Any], rollover_dir: str | None = None) -> set[
     return values
 
 
+class Seen:
+    """When each record was first served by every authoritative server (a JSON file)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self.data: dict[str, dict[str, float]] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.data = {}  # only a cache of times: start again
+
+    def since(self, owner: str, value: str) -> float | None:
+        return self.data.get(owner, {}).get(value)
+
+    def note(self, owner: str, values: set[str], now: float) -> None:
+        """Record ``now`` for values not seen before; forget values no longer wanted."""
+        old = self.data.get(owner, {})
+        self.data[owner] = {v: old.get(v, now) for v in values}
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.new")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+
 def publish(
     client: RFC2136Client,
     publication: dict[str, Any],
     ttl: int,
     timeout: float,
     rollover_dir: str | None = None,
+    mapping: str | None = None,
+    seen: Seen | None = None,
 ) -> str:
     """Make the RRset exactly the wanted records; return what was done."""
     owner = publication["owner"]
-    want = wanted(publication, rollover_dir)
+    want = wanted(publication, rollover_dir, mapping)
     target, _ = client.follow_cnames(owner)
     have = {_canonical(v) for v in client.values(target, "TLSA")}
     if have == want:
+        if seen is not None:
+            seen.note(owner, want, time.time())
         return f"{owner}: {len(want)} record(s) current"
     client.replace(target, "TLSA", sorted(want), ttl)
     for value in want - have:
         client.wait_visible(target, "TLSA", value, timeout=timeout)
     for value in have - want:
         client.wait_visible(target, "TLSA", value, present=False, timeout=timeout)
+    if seen is not None:
+        seen.note(owner, want, time.time())
     return (
         f"{owner}: published {len(want)} record(s) (+{len(want - have)} "
         f"-{len(have - want)}), served by every authoritative server"
     )
+
+
+def exact(
+    client: RFC2136Client,
+    publication: dict[str, Any],
+    rollover_dir: str | None = None,
+    mapping: str | None = None,
+) -> str:
+    """'' when the primary's RRset is exactly the wanted records and every authoritative
+    server serves each of them, else why not (the pyinfra run's question: publish?)."""
+    owner = publication["owner"]
+    want = wanted(publication, rollover_dir, mapping)
+    target, _ = client.follow_cnames(owner)
+    have = {_canonical(v) for v in client.values(target, "TLSA")}
+    if have != want:
+        return f"{owner}: {len(have - want)} record(s) to remove, {len(want - have)} to add"
+    return visible(client, publication, 2.0, rollover_dir, mapping)
+
+
+def gate(
+    client: RFC2136Client,
+    publication: dict[str, Any],
+    ttl: float,
+    seen: Seen,
+    rollover_dir: str | None = None,
+    mapping: str | None = None,
+    sleep: Any = time.sleep,
+    clock: Any = time.time,
+) -> str:
+    """'' once every wanted record has been served everywhere for ``ttl`` (waiting for that
+    up to ``ttl`` plus a margin), else why not."""
+    owner = publication["owner"]
+    deadline = clock() + ttl + 15
+    while True:
+        why = visible(client, publication, 5.0, rollover_dir, mapping)
+        if why:
+            return why
+        want = wanted(publication, rollover_dir, mapping)
+        now = clock()
+        for value in want:
+            if seen.since(owner, value) is None:
+                seen.note(owner, want, now)  # first seen now: a cache may hold the old set
+        left = max(ttl - (now - (seen.since(owner, v) or now)) for v in want)
+        if left <= 0:
+            return ""
+        if now + left > deadline:
+            return (
+                f"{owner}: the record for the new key has been served for "
+                f"{int(ttl - left)} s of the TTL ({int(ttl)} s); a later delivery sends it"
+            )
+        sleep(left)
 
 
 def visible(
@@ -119,11 +242,12 @@ def visible(
     publication: dict[str, Any],
     timeout: float,
     rollover_dir: str | None = None,
+    mapping: str | None = None,
 ) -> str:
     """'' when every authoritative server serves the wanted records, else why not."""
     owner = publication["owner"]
     target, _ = client.follow_cnames(owner)
-    for value in sorted(wanted(publication, rollover_dir)):
+    for value in sorted(wanted(publication, rollover_dir, mapping)):
         try:
             client.wait_visible(target, "TLSA", value, timeout=timeout)
         except DNSUpdateError as exc:
@@ -161,7 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="change nothing; exit 1 unless every server serves the records",
+        help="change nothing; exit 1 unless every server serves exactly the wanted records",
+    )
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="change nothing; exit 0 once every server has served the records for the TTL "
+        "(waits for that), 1 otherwise",
     )
     args = parser.parse_args(argv)
     lineage = args.lineage
@@ -173,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             p for p in config.get("publications", []) if lineage is None or lineage in lineages(p)
         ]
         rollover_dir = config.get("rollover_dir")
+        mapping = config.get("services_mapping")
+        seen = Seen(config.get("seen_file"))
+        ttl = int(config.get("ttl", 60))
         if not pubs:
             print(
                 f"pkinfra-dane-publish: no TLSA publication for lineage '{lineage}'; nothing to do"
@@ -181,14 +314,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = client_for(config)
         timeout = float(config.get("timeout", 60))
         for pub in pubs:
-            if args.check:
-                why = visible(client, pub, timeout=min(timeout, 5.0), rollover_dir=rollover_dir)
+            if args.check or args.gate:
+                why = (
+                    gate(client, pub, ttl, seen, rollover_dir, mapping)
+                    if args.gate
+                    else exact(client, pub, rollover_dir, mapping)
+                )
                 if why:
                     print(f"pkinfra-dane-publish: {why}", file=sys.stderr)
                     return 1
                 print(f"{pub['owner']}: served by every authoritative server")
             else:
-                print(publish(client, pub, int(config.get("ttl", 60)), timeout, rollover_dir))
+                print(publish(client, pub, ttl, timeout, rollover_dir, mapping, seen))
     except (PublishError, DNSUpdateError, tlsa.TLSAError) as exc:
         print(f"pkinfra-dane-publish: {exc}", file=sys.stderr)
         return 1

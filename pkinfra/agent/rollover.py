@@ -158,6 +158,7 @@ class Rollover:
         if not pubs:
             return
         client = dane_publish.client_for(dane)
+        seen = dane_publish.Seen(dane.get("seen_file"))
         for pub in pubs:
             _say(
                 dane_publish.publish(
@@ -166,6 +167,8 @@ class Rollover:
                     int(dane.get("ttl", 60)),
                     float(dane.get("timeout", 60)),
                     rollover_dir=str(self.state_dir),
+                    mapping=dane.get("services_mapping"),
+                    seen=seen,
                 )
             )
 
@@ -176,7 +179,13 @@ class Rollover:
             return ""
         client = dane_publish.client_for(dane)
         for pub in pubs:
-            why = dane_publish.visible(client, pub, timeout=5.0, rollover_dir=str(self.state_dir))
+            why = dane_publish.visible(
+                client,
+                pub,
+                timeout=5.0,
+                rollover_dir=str(self.state_dir),
+                mapping=dane.get("services_mapping"),
+            )
             if why:
                 return why
         return ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,65 @@ def test_publish_follows_the_cname_and_rolls_over_without_a_gap(
     assert all(v == {next_rr} for v in served(named).values())
 
 
-def test_gate_says_no_while_a_record_is_not_served(
+def test_check_and_gate_say_no_while_a_record_is_not_served(
     named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fresh, _ = certificate(tmp_path, "unpublished")
     cfg = config(named, tmp_path, [str(fresh)])
     assert dane_publish.main(["--config", str(cfg), "--check"]) == 1
+    assert "1 to add" in capsys.readouterr().err
+    assert dane_publish.main(["--config", str(cfg), "--gate"]) == 1
     assert "not served everywhere yet" in capsys.readouterr().err
+
+
+def test_gate_waits_until_the_record_has_been_served_for_the_ttl(
+    named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, _ = certificate(tmp_path, "gated")
+    seen = tmp_path / "seen.json"
+    cfg = config(named, tmp_path, [str(cert)], ttl=2, seen_file=str(seen))
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    first = json.loads(seen.read_text())[OWNER]
+    begin = time.monotonic()
+    assert dane_publish.main(["--config", str(cfg), "--gate"]) == 0
+    waited = time.monotonic() - begin
+    assert 1.0 <= waited < 5.0, waited  # the rest of the TTL, not more
+    assert json.loads(seen.read_text())[OWNER] == first, "first-seen times are kept"
+    # Served long enough: no wait at all.
+    begin = time.monotonic()
+    assert dane_publish.main(["--config", str(cfg), "--gate"]) == 0
+    assert time.monotonic() - begin < 1.0
+
+
+def test_a_service_still_on_the_old_key_keeps_its_record(
+    named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, old_rr = certificate(tmp_path, "served-old")
+    new, new_rr = certificate(tmp_path, "lineage-new")
+    served_copy = tmp_path / "service.crt"
+    served_copy.write_bytes(old.read_bytes())
+    mapping = tmp_path / "services.json"
+    mapping.write_text(
+        json.dumps(
+            {
+                "services": [
+                    {
+                        "name": "postfix",
+                        "lineage": "mail",
+                        "files": [{"path": str(served_copy), "content": "fullchain"}],
+                    }
+                ]
+            }
+        )
+    )
+    cfg = config(named, tmp_path, [str(new)], services_mapping=str(mapping))
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert all(v == {old_rr, new_rr} for v in served(named).values())
+    # Delivered: the next publication drops the old record.
+    served_copy.write_bytes(new.read_bytes())
+    assert dane_publish.main(["--config", str(cfg), "--check"]) == 1
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert all(v == {new_rr} for v in served(named).values())
 
 
 def test_unknown_lineage_does_nothing(

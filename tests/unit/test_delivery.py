@@ -231,8 +231,16 @@ def test_key_change_waits_for_the_gate(site: dict[str, Any]) -> None:
     site["service"]["files"][0]["sources"] = [str(new_cert)]
     site["service"]["files"][1]["sources"] = [str(new_key)]
     site["service"]["files"][2]["sources"] = [str(new_key), str(new_cert)]
-    site["service"]["gate"] = "echo 'TLSA for the next key not yet served by ns2'; exit 1"
+    asked = site["src"] / "gate-asked"
+    site["service"]["gate"] = (
+        f"touch {asked}; echo 'TLSA for the next key not yet served by ns2'; exit 1"
+    )
+    # A plan never runs the gate (it may wait a TTL): it says the delivery will ask it.
+    planned = run(site, plan=True)
+    assert planned.held is not None and "TLSA record" in planned.held and planned.changed
+    assert not asked.exists()
     held = run(site)
+    assert asked.exists()
     assert held.held == "TLSA for the next key not yet served by ns2"
     assert (site["out"] / "key.pem").read_bytes() == site["key"].read_bytes()
     site["service"]["gate"] = "true"
