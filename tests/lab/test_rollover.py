@@ -83,6 +83,17 @@ def rollover_inventory(site_deployed: str, tmp_path: Path) -> Iterator[tuple[Pat
     """The lab inventory with a new rollover label on mx1's and web1's certificates, and a run
     allowed to wait for step 2."""
     label = f"lab{int(time.time())}"
+    # Earlier lab tests re-create lineages and change TLSA sets (and a delivery may be waiting
+    # for its record): start from the converged state the probe is meant to watch.
+    converge = subprocess.run(
+        [str(PYINFRA), "-y", "inventory.py", "deploys/dane.py", "deploys/services.py",
+         "--limit", "mail", "--limit", "web"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert converge.returncode == 0, converge.stdout[-4000:] + converge.stderr[-2000:]
     lab_inventory_copy(tmp_path)
     text = (tmp_path / "inventory.py").read_text()
     for marker in ('"challenge": "dns-01",', '"webroot": "/var/www/acme",'):
@@ -295,7 +306,9 @@ def test_ca_issued_key_rollover_never_breaks_dane(site_deployed: str, tmp_path: 
         if r.host == "db1.example.test" and r.cert_name in ("postgres", "postgres-next")
     ]
     old = [r for r in records if r.spki_sha256 == old_spki]
-    assert old and all(r.revocation_reason == "superseded" for r in old), old
+    # (one may have been revoked before, by an earlier test, for another reason)
+    assert old and all(r.revoked_at is not None for r in old), old
+    assert any(r.revocation_reason == "superseded" for r in old), old
     assert any(r.spki_sha256 == new_spki and r.status_at(now) == "valid" for r in records)
     # Done: the rollover has no operation left to plan, and the certificate is current.
     again = site_run(inventory, "-v")
