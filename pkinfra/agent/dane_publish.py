@@ -155,6 +155,18 @@ class Seen:
         os.replace(tmp, self.path)
 
 
+def _sets(
+    client: RFC2136Client,
+    publication: dict[str, Any],
+    rollover_dir: str | None,
+    mapping: str | None,
+) -> tuple[Any, set[str], set[str]]:
+    """(where the owner's CNAME chain ends, the wanted records, the primary's records)."""
+    want = wanted(publication, rollover_dir, mapping)
+    target, _ = client.follow_cnames(publication["owner"])
+    return target, want, {_canonical(v) for v in client.values(target, "TLSA")}
+
+
 def publish(
     client: RFC2136Client,
     publication: dict[str, Any],
@@ -166,9 +178,7 @@ def publish(
 ) -> str:
     """Make the RRset exactly the wanted records; return what was done."""
     owner = publication["owner"]
-    want = wanted(publication, rollover_dir, mapping)
-    target, _ = client.follow_cnames(owner)
-    have = {_canonical(v) for v in client.values(target, "TLSA")}
+    target, want, have = _sets(client, publication, rollover_dir, mapping)
     if have == want:
         if seen is not None:
             seen.note(owner, want, time.time())
@@ -195,9 +205,7 @@ def exact(
     """'' when the primary's RRset is exactly the wanted records and every authoritative
     server serves each of them, else why not (the pyinfra run's question: publish?)."""
     owner = publication["owner"]
-    want = wanted(publication, rollover_dir, mapping)
-    target, _ = client.follow_cnames(owner)
-    have = {_canonical(v) for v in client.values(target, "TLSA")}
+    _, want, have = _sets(client, publication, rollover_dir, mapping)
     if have != want:
         return f"{owner}: {len(have - want)} record(s) to remove, {len(want - have)} to add"
     return visible(client, publication, 2.0, rollover_dir, mapping)
