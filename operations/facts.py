@@ -117,7 +117,7 @@ class PkiFiles(FactBase[PkiFilesInfo]):
     @override
     def command(self, directories: Sequence[str] = (), files: Sequence[str] = ()) -> str:
         for pattern in files:
-            if not _SAFE_PATTERN.match(pattern):
+            if not _SAFE_PATTERN.fullmatch(pattern):
                 raise ValueError(f"unsafe file pattern {pattern!r}")
         # The key is read by openssl here and only its public half is printed, with the SHA-256
         # of its DER SubjectPublicKeyInfo (b). The certificate is public: it is printed as it is

@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pkinfra import names as dns_names
 from pkinfra.keys import (
     KeyType,
     KeyTypeError,
@@ -67,8 +68,7 @@ REVOCATION_REASONS: Final[tuple[str, ...]] = tuple(r.name for r in x509.ReasonFl
 
 # Certificates start a few minutes in the past so a host whose clock lags slightly accepts them.
 _BACKDATE: Final = dt.timedelta(minutes=5)
-_CA_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_CA_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # always fullmatch
 
 
 class CAError(Exception):
@@ -186,52 +186,14 @@ def _passphrase_bytes(passphrase: Passphrase) -> bytes | None:
 
 
 # --- DNS names and name constraints ---------------------------------------------------------
-
-
-def normalise_dns_name(name: str, *, wildcard: bool = True) -> str:
-    """Lower-case ASCII DNS name, trailing dot removed; ValueError says what is wrong."""
-    text = name.strip().lower().removesuffix(".")
-    if not text or len(text) > 253:
-        raise ValueError(f"invalid DNS name {name!r}: empty or longer than 253 characters")
-    if not text.isascii():
-        raise ValueError(f"invalid DNS name {name!r}: use its ASCII (xn--) form")
-    labels = text.split(".")
-    if labels[0] == "*" and wildcard and len(labels) > 1:
-        labels = labels[1:]
-    for label in labels:
-        if not _DNS_LABEL.match(label):
-            raise ValueError(f"invalid DNS name {name!r}: bad label {label!r}")
-    return text
-
-
-def within(name: str, subtree: str) -> bool:
-    """True when `name` is `subtree` or a name below it (RFC 5280 dNSName constraint match)."""
-    return name == subtree or name.endswith("." + subtree)
-
-
-def _wildcard_base(name: str) -> str | None:
-    return name[2:] if name.startswith("*.") else None
-
-
-def _name_permitted(name: str, subtree: str) -> bool:
-    # A wildcard stands for any one label, so all its expansions lie inside the subtree only if
-    # its base does.
-    base = _wildcard_base(name)
-    return within(base if base is not None else name, subtree)
-
-
-def _name_excluded(name: str, subtree: str) -> bool:
-    base = _wildcard_base(name)
-    if base is None:
-        return within(name, subtree)
-    # Some expansion of *.base hits the excluded subtree if the subtree is base itself or below
-    # it, or exactly one label under base.
-    return within(base, subtree) or subtree.partition(".")[2] == base
+#
+# Name syntax and subtree matching are pkinfra.names' (the inventory checks the same way). A
+# subtree with a leading dot (".example.test") holds only the names below it.
 
 
 @dataclass(frozen=True)
 class DNSConstraints:
-    """The DNS part of a CA certificate's name constraints (domains without a leading dot)."""
+    """The DNS part of a CA certificate's name constraints (``.domain``: its subdomains only)."""
 
     permitted: tuple[str, ...] = ()
     excluded: tuple[str, ...] = ()
@@ -249,29 +211,24 @@ class DNSConstraints:
 
     def refusal(self, name: str) -> str | None:
         """Why `name` may not be issued under these constraints, or None."""
-        if self.permitted and not any(_name_permitted(name, p) for p in self.permitted):
+        if self.permitted and not any(dns_names.within_subtree(name, p) for p in self.permitted):
             return f"{name} is outside the permitted subtrees ({', '.join(self.permitted)})"
-        hit = next((e for e in self.excluded if _name_excluded(name, e)), None)
+        hit = next((e for e in self.excluded if dns_names.touches_subtree(name, e)), None)
         if hit is not None:
             return f"{name} is inside the excluded subtree {hit}"
         return None
 
 
 def _dns_subtrees(subtrees: Iterable[x509.GeneralName] | None) -> tuple[str, ...]:
-    names = [s.value for s in subtrees or () if isinstance(s, x509.DNSName)]
-    return tuple(n.lower().lstrip(".") for n in names)
+    # As written in the certificate (lower-cased): the leading dot keeps its meaning.
+    return tuple(s.value.lower() for s in subtrees or () if isinstance(s, x509.DNSName))
 
 
 def _constraint_subtrees(values: Iterable[str], what: str) -> tuple[str, ...]:
     out: list[str] = []
     for value in values:
-        if value.startswith("."):
-            raise CAError(
-                f"{what} subtree {value!r}: write it without the leading dot "
-                "(a subtree covers the domain and every name below it)"
-            )
         try:
-            out.append(normalise_dns_name(value, wildcard=False))
+            out.append(dns_names.normalize_subtree(value))
         except ValueError as exc:
             raise CAError(f"{what} subtree: {exc}") from None
     return tuple(dict.fromkeys(out))
@@ -816,7 +773,7 @@ class CAStore:
     # paths
 
     def _ca_dir(self, name: str) -> Path:
-        if not _CA_NAME.match(name):
+        if not _CA_NAME.fullmatch(name):
             raise CAError(
                 f"invalid CA name {name!r}: lower-case letters, digits, '.', '_', '-'",
                 ca=name,
@@ -843,7 +800,7 @@ class CAStore:
         return sorted(
             p.name
             for p in self.directory.iterdir()
-            if _CA_NAME.match(p.name) and (p / CERT_FILE).is_file()
+            if _CA_NAME.fullmatch(p.name) and (p / CERT_FILE).is_file()
         )
 
     def ca(self, name: str) -> CAInfo:
@@ -1534,7 +1491,7 @@ def _check_subtrees_within(
                 action=action,
             )
         for subtree in child.permitted:
-            if not any(within(subtree, p) for p in ancestor.permitted):
+            if not any(dns_names.subtree_within(subtree, p) for p in ancestor.permitted):
                 raise CAError(
                     f"permitted subtree {subtree} is wider than {who} allows "
                     f"({', '.join(ancestor.permitted)})",
@@ -1542,7 +1499,7 @@ def _check_subtrees_within(
                     action=action,
                 )
     for subtree in child.permitted:
-        hit = next((e for e in ancestor.excluded if within(subtree, e)), None)
+        hit = next((e for e in ancestor.excluded if dns_names.subtree_within(subtree, e)), None)
         if hit is not None:
             raise CAError(
                 f"permitted subtree {subtree} lies in {who}'s excluded subtree {hit}",
@@ -1555,7 +1512,7 @@ def _checked_names(ca: str, names: Sequence[str], action: str) -> list[str]:
     if isinstance(names, str) or not names:
         raise CAError("names must be a non-empty list of DNS names", ca=ca, action=action)
     try:
-        return list(dict.fromkeys(normalise_dns_name(n) for n in names))
+        return list(dict.fromkeys(dns_names.normalize(n, wildcard=True) for n in names))
     except ValueError as exc:
         raise CAError(str(exc), ca=ca, action=action) from None
 

@@ -14,23 +14,32 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import posixpath
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from pkinfra import names, tlsa
+from pkinfra import names, tlsa, tsig
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
 ACME = "acme"
@@ -91,10 +100,52 @@ def _mode(value: str | int) -> str:
     return text.rjust(4, "0")
 
 
-def _abs_path(value: str) -> str:
-    if not value.startswith("/"):
+#: Characters a host path may hold. Host paths go into nginx and certbot configuration, JSON
+#: read by the host agents and shell commands: anything that could end a token there (space,
+#: ``;{}$`'"\\``, newline ...) is refused rather than quoted everywhere.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9/._+@:,=-]*")
+
+
+def check_path(value: str, *, host: bool = True) -> str:
+    """The one path check of the inventory; returns ``value`` or raises ``ValueError``.
+
+    A host path is absolute, in normal form (no ``//``, ``/./``, trailing ``/``), has no ``..``
+    and holds only letters, digits and ``/ . _ - + @ : , =``. A controller path (``host=False``:
+    files beside ``inventory.py``) may be relative and may hold any printable character, but is
+    in normal form and has no ``..`` either.
+    """
+    if not value:
+        raise ValueError("empty path")
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"path {value!r} holds a control character ({bad!r})")
+    if host and not value.startswith("/"):
         raise ValueError(f"must be an absolute path, got '{value}'")
+    if host:
+        bad = next((c for c in value if not _PATH_CHARS.fullmatch(c)), None)
+        if bad is not None:
+            what = "a space" if bad == " " else f"'{bad}'"
+            raise ValueError(
+                f"path '{value}' holds {what} (allowed: letters, digits and / . _ - + @ : , =)"
+            )
+    parts = value.split("/")
+    if ".." in parts:
+        raise ValueError(f"path '{value}' holds '..'")
+    inner = parts[1:-1] if value.startswith("/") else parts[:-1]
+    if value != "/" and ("" in inner or "." in parts or parts[-1] == ""):
+        raise ValueError(
+            f"path '{value}' is not in normal form (no '//', '/./' or trailing '/'): "
+            f"write '{posixpath.normpath(value)}'"
+        )
     return value
+
+
+def _abs_path(value: str) -> str:
+    return check_path(value)
+
+
+def _controller_path(value: str) -> str:
+    return check_path(value, host=False)
 
 
 DnsName = Annotated[str, AfterValidator(_dns_name)]
@@ -105,6 +156,8 @@ Seconds = Annotated[int, _positive("seconds")]
 Days = Annotated[int, _positive("days")]
 Mode = Annotated[str, AfterValidator(_mode)]
 AbsPath = Annotated[str, AfterValidator(_abs_path)]
+ControllerPath = Annotated[str, AfterValidator(_controller_path)]
+Subtree = Annotated[str, AfterValidator(names.normalize_subtree)]
 Ident = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 
 
@@ -123,6 +176,9 @@ class Zone(_Model):
     ttl: Seconds = 3600
     #: TTL of the TLSA records of CA-issued certificates (the include file).
     tlsa_ttl: Seconds = 300
+    #: CA domains that may issue for the zone (``letsencrypt.org``): CAA records at the apex
+    #: (``caa_records``); empty: pkinfra renders no CAA records.
+    caa: list[DnsName] = []
 
 
 class ShadowZone(_Model):
@@ -146,7 +202,7 @@ class Passphrase(_Model):
     """Where a CA key's passphrase comes from: an environment variable or a file (never inline)."""
 
     env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    file: str | None = None
+    file: ControllerPath | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Passphrase:
@@ -161,8 +217,8 @@ class Passphrase(_Model):
 class CAImport(_Model):
     """An existing CA to take over: its certificate and key as PEM files on the controller."""
 
-    cert: str
-    key: str
+    cert: ControllerPath
+    key: ControllerPath
 
 
 class CA(_Model):
@@ -172,8 +228,10 @@ class CA(_Model):
     key_type: KeyType = "ec-p384"
     validity_days: Days = 3650
     path_length: int | None = Field(default=None, ge=0)
-    permitted: list[DnsName] = []
-    excluded: list[DnsName] = []
+    #: Name-constraint subtrees: ``example.test`` is the name and its subdomains,
+    #: ``.example.test`` only its subdomains (RFC 5280, as verifiers apply it).
+    permitted: list[Subtree] = []
+    excluded: list[Subtree] = []
     organization: str | None = None
     passphrase: Passphrase | None = None
     #: An unencrypted key at rest only where the inventory says so explicitly.
@@ -192,15 +250,122 @@ class CA(_Model):
         return self
 
 
+#: certbot options ``acme.certbot_args`` may not hold (nor abbreviate, as certbot's parser
+#: accepts): pkinfra sets them itself, or they weaken what pkinfra guarantees.
+CERTBOT_REFUSED = {
+    "--no-verify-ssl": "turns off TLS verification of the ACME server",
+    **dict.fromkeys(
+        (
+            "--manual-auth-hook",
+            "--manual-cleanup-hook",
+            "--pre-hook",
+            "--post-hook",
+            "--deploy-hook",
+            "--renew-hook",
+            "--disable-hook-validation",
+        ),
+        "adds a hook (pkinfra's hooks are the only ones that run)",
+    ),
+    **dict.fromkeys(
+        (
+            "--server",
+            "--staging",
+            "--test-cert",
+            "--config",
+            "--config-dir",
+            "--work-dir",
+            "--logs-dir",
+            "--authenticator",
+            "--installer",
+            "--manual",
+            "--webroot",
+            "--webroot-path",
+            "--webroot-map",
+            "--preferred-challenges",
+            "--domains",
+            "--domain",
+            "--cert-name",
+            "--csr",
+            "--cert-path",
+            "--key-path",
+            "--chain-path",
+            "--fullchain-path",
+            "--reuse-key",
+            "--no-reuse-key",
+            "--new-key",
+            "--key-type",
+            "--rsa-key-size",
+            "--elliptic-curve",
+        ),
+        "overrides what pkinfra derives from the inventory",
+    ),
+}
+#: Short forms: -c config, -w webroot path, -a authenticator, -i installer, -d domains.
+_CERTBOT_REFUSED_SHORT = {
+    "c": "--config",
+    "w": "--webroot-path",
+    "a": "--authenticator",
+    "i": "--installer",
+    "d": "--domains",
+}
+#: Short flags that take no value, so a refused one may follow them in a cluster (``-vd``).
+_CERTBOT_FLAGS = set("vqnt")
+
+
+def certbot_arg_refusal(arg: str) -> str | None:
+    """Why ``arg`` may not be passed to certbot through the inventory, or None."""
+    if arg.startswith("--") and len(arg) > 2:
+        option = arg.split("=", 1)[0]
+        hit = next((r for r in CERTBOT_REFUSED if r.startswith(option)), None)
+        if hit is None:
+            return None
+        return f"'{arg}' {CERTBOT_REFUSED[hit]}: remove it"
+    if arg.startswith("-") and not arg.startswith("--"):
+        for char in arg[1:]:
+            if char in _CERTBOT_REFUSED_SHORT:
+                long = _CERTBOT_REFUSED_SHORT[char]
+                return f"'{arg}' ({long}) {CERTBOT_REFUSED[long]}: remove it"
+            if char not in _CERTBOT_FLAGS:
+                break
+    return None
+
+
+def _certbot_arg(arg: str) -> str:
+    why = certbot_arg_refusal(arg)
+    if why is not None:
+        raise ValueError(why)
+    return arg
+
+
+CertbotArg = Annotated[str, AfterValidator(_certbot_arg)]
+
+
 class Acme(_Model):
     """The ACME server: Let's Encrypt in production, Pebble in the lab."""
 
     directory: str = Field(pattern=r"^https://\S+$")
     contact: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     #: PEM bundle (on the controller) that signs the ACME server's own TLS certificate.
-    ca_bundle: str | None = None
-    #: Extra environment for certbot runs started by pyinfra, e.g. for a lab server.
-    certbot_args: list[str] = []
+    ca_bundle: ControllerPath | None = None
+    #: Extra arguments for certbot runs started by pyinfra (never hooks, paths or the server).
+    certbot_args: list[CertbotArg] = []
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        # The URL also names certbot's account directory on the host
+        # (/etc/letsencrypt/accounts/<host><path>): it must not climb out of it.
+        parts = urlsplit(value)
+        if not parts.hostname:
+            raise ValueError(f"'{value}' has no host name")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"'{value}' must not hold a user or password")
+        if parts.query or parts.fragment or "%" in parts.path or "\\" in parts.path:
+            raise ValueError(f"'{value}' must not hold a query, fragment, '%' or '\\'")
+        segments = parts.path.split("/")[1:]
+        if any(seg in (".", "..") for seg in segments) or "" in segments[:-1]:
+            raise ValueError(f"'{value}': the path is not in normal form (no '..', '.' or '//')")
+        return value
 
 
 #: The second certbot lineage of a key rollover: ``<certificate><NEXT_SUFFIX>``.
@@ -210,8 +375,8 @@ NEXT_SUFFIX = "-next"
 class Settings(_Model):
     """Everything ``group_data/all.py`` holds for pkinfra."""
 
-    pki_dir: str = "pki"
-    secrets_dir: str = "pki/secrets"
+    pki_dir: ControllerPath = "pki"
+    secrets_dir: ControllerPath = "pki/secrets"
     zones: list[Zone] = Field(min_length=1)
     shadow_zone: ShadowZone
     dns: DnsServers
@@ -227,6 +392,47 @@ class Settings(_Model):
 # -- per host -----------------------------------------------------------------------------------
 
 
+def txt_quoted(value: str) -> str:
+    """A TXT value as zone text: quoted and escaped, unless it is already quoted."""
+    if value.startswith('"'):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def check_record_value(rdtype: str, text: str) -> str:
+    """Refuse anything but exactly one record value, written as dnspython writes it back.
+
+    The value goes into a zone file as it is: a newline would start a record of its own (any
+    name, any type, an ``$INCLUDE``), a parenthesis would swallow the lines after it. Hence no
+    control character, and the text must come back from ``dns.rdata.from_text(...).to_text()``
+    unchanged but for runs of white space. Names are read against the root: a relative name
+    (``web1``, which BIND would put under the zone) comes back as ``web1.`` and is refused, so
+    every name in a value is absolute (ends with a dot).
+    """
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"holds a control character ({bad!r}): one record per entry")
+    try:
+        rdata = dns.rdata.from_text(
+            dns.rdataclass.IN,
+            dns.rdatatype.from_text(rdtype),
+            text,
+            origin=dns.name.root,
+            relativize=False,
+        )
+    except (dns.exception.DNSException, ValueError) as exc:
+        if str(exc).startswith("expected EOL or EOF"):
+            raise ValueError(f"{text!r} is more than one {rdtype} value") from None
+        raise ValueError(f"not a valid {rdtype} value ({exc})") from None
+    back = rdata.to_text()
+    if " ".join(back.split()) != " ".join(text.split()):
+        raise ValueError(
+            f"{text!r} is not one {rdtype} value as written: it reads back as {back!r} "
+            "(write that; names end with a dot)"
+        )
+    return text
+
+
 class Record(_Model):
     """A static record the host owns in a main zone."""
 
@@ -234,6 +440,19 @@ class Record(_Model):
     type: Literal["A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA", "NS"]
     value: str
     ttl: Seconds | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _one_value(cls, value: str, info: ValidationInfo) -> str:
+        rdtype = info.data.get("type")
+        if rdtype is not None:
+            check_record_value(rdtype, txt_quoted(value) if rdtype == "TXT" else value)
+        return value
+
+    @property
+    def rdata(self) -> str:
+        """The value as the zone file holds it (a TXT value quoted)."""
+        return txt_quoted(self.value) if self.type == "TXT" else self.value
 
 
 class Certificate(_Model):
@@ -268,11 +487,13 @@ class Certificate(_Model):
 
     @property
     def host_directory(self) -> str:
-        if self.directory:
-            return self.directory
+        return self.directory or self.default_directory
+
+    @property
+    def default_directory(self) -> str:
         if self.is_acme:
             return f"/etc/letsencrypt/live/{self.name}"
-        return f"/etc/pkinfra/certs/{self.name}"
+        return f"{CERTS_DIR}/{self.name}"
 
 
 class ServiceFile(_Model):
@@ -356,6 +577,50 @@ class HostSpec(_Model):
         cert = self.certificate(publication.certificate)
         assert cert is not None, "validated: TLSA certificate exists"
         return names.base_name(cert.names[0])
+
+
+# -- pkinfra's own places on a host ------------------------------------------------------------
+
+#: Directories that hold pkinfra's files on a host (agents, their configuration and state,
+#: certbot's tree, BIND include files, CA-issued certificates): no inventory path may lie in one,
+#: or a service file would overwrite pkinfra's. A list of its own (those modules import this
+#: one); tests/unit/test_model.py checks that every host path constant lies in one of these.
+HOST_RESERVED_DIRS = (
+    "/etc/pkinfra",
+    "/var/lib/pkinfra",
+    "/var/cache/pkinfra",
+    "/usr/local/lib/pkinfra",
+    "/etc/letsencrypt",
+    "/var/lib/letsencrypt",
+    "/etc/bind/pkinfra",
+    "/var/lib/bind/pkinfra",
+)
+#: pkinfra's files in shared directories (``pkinfra-*``), and BIND's files on the DNS servers.
+HOST_RESERVED_PREFIXES = (
+    "/usr/local/bin/pkinfra-",
+    "/usr/local/share/ca-certificates/pkinfra-",
+    "/etc/nginx/sites-enabled/pkinfra-",
+    "/etc/unbound/pkinfra-",
+    "/var/log/pkinfra-",
+    "/run/pkinfra-",
+    "/etc/bind/named.conf.options",
+    "/etc/bind/named.conf.local",
+)
+#: Where CA-issued certificates live by default; a ``directory`` may be one below it.
+CERTS_DIR = "/etc/pkinfra/certs"
+
+
+def is_below(path: str, directory: str) -> bool:
+    """True when ``path`` lies strictly inside ``directory`` (both in normal form)."""
+    return path.startswith(directory.rstrip("/") + "/")
+
+
+def reserved_host_path(path: str) -> str | None:
+    """The place of pkinfra's that ``path`` is or lies in, or None."""
+    for directory in HOST_RESERVED_DIRS:
+        if path == directory or is_below(path, directory):
+            return f"{directory}/"
+    return next((f"{p}*" for p in HOST_RESERVED_PREFIXES if path.startswith(p)), None)
 
 
 # -- derived names ------------------------------------------------------------------------------
@@ -472,6 +737,8 @@ class Inventory:
     settings: Settings
     hosts: Mapping[str, HostSpec]
     base_dir: Path
+    #: Not mistakes, but worth knowing (printed when the inventory loads).
+    warnings: tuple[Problem, ...] = ()
 
     @property
     def zone_names(self) -> list[str]:
@@ -610,16 +877,19 @@ def load(
             continue
         hosts[spec.fqdn] = spec
 
+    warnings: list[Problem] = []
     if settings is not None:
         problems += _check_settings(settings, hosts)
         for spec in hosts.values():
             problems += _check_host(
                 settings, spec, kept.get(spec.fqdn, {}), unusable.get(spec.fqdn, set())
             )
+        problems += _check_across(settings, hosts, kept)
+        warnings = _warnings(settings, hosts, kept, base_dir)
     if problems:
         raise InventoryError(problems)
     assert settings is not None
-    return Inventory(settings=settings, hosts=hosts, base_dir=base_dir)
+    return Inventory(settings=settings, hosts=hosts, base_dir=base_dir, warnings=tuple(warnings))
 
 
 def _merge_hosts(
@@ -817,7 +1087,7 @@ def _check_settings(settings: Settings, hosts: Mapping[str, HostSpec]) -> list[P
                     )
                 )
             for i, subtree in enumerate(ca.permitted):
-                if not any(names.within_subtree(subtree, a) for a in allowed):
+                if not any(names.subtree_within(subtree, a) for a in allowed):
                     problems.append(
                         Problem(
                             where,
@@ -893,6 +1163,8 @@ def _check_host(
                 f"{at('records', i)}.name",
                 f"'{rec.name}' is outside every managed zone ({', '.join(zones)})",
             )
+        if rec.type == "CNAME" and rec.name in zones:
+            add(f"{at('records', i)}.type", f"a CNAME at the apex of zone '{rec.name}'")
 
     cert_names: dict[str, int] = {}
     for i, cert in enumerate(host.certificates):
@@ -904,17 +1176,34 @@ def _check_host(
                 f"(also {at('certificates', cert_names[cert.name])})",
             )
         cert_names.setdefault(cert.name, i)
+        if cert.name.endswith(NEXT_SUFFIX):
+            add(
+                f"{base}.name",
+                f"'{cert.name}' ends with '{NEXT_SUFFIX}', which names a key rollover's second "
+                "lineage",
+            )
+        for field, path in (("directory", cert.directory), ("webroot", cert.webroot)):
+            area = reserved_host_path(path) if path else None
+            own = path == cert.default_directory or is_below(path or "", CERTS_DIR)
+            if area and not (field == "directory" and own):
+                add(f"{base}.{field}", f"'{path}' is pkinfra's own ({area})")
+        for k, other in enumerate(host.certificates[:i]):
+            mine, theirs = cert.host_directory, other.host_directory
+            if other.name == cert.name:
+                continue  # reported above as a duplicate name
+            if mine == theirs:
+                add(
+                    f"{base}.directory",
+                    f"'{mine}' is also the directory of {at('certificates', k)}",
+                )
+            elif is_below(mine, theirs) or is_below(theirs, mine):
+                add(
+                    f"{base}.directory",
+                    f"'{mine}' overlaps the directory of {at('certificates', k)} ('{theirs}')",
+                )
         if cert.issuer not in issuers:
             add(f"{base}.issuer", f"unknown CA '{cert.issuer}' (known: {', '.join(issuers)})")
             continue
-        if cert.rollover is not None and f"{cert.name}{NEXT_SUFFIX}" in {
-            c.name for c in host.certificates
-        }:
-            add(
-                f"{base}.rollover",
-                f"a rollover uses the name '{cert.name}{NEXT_SUFFIX}', which is another "
-                "certificate's name here",
-            )
         if cert.is_acme:
             if settings.acme is None:
                 add(f"{base}.issuer", "issuer 'acme' needs an 'acme' section in group_data/all.py")
@@ -952,7 +1241,7 @@ def _check_host(
                         f"'{name}' is outside the permitted subtrees of CA "
                         f"'{cert.issuer}' ({', '.join(allowed)})",
                     )
-                hit = [e for e in excluded if names.within_subtree(name, e)]
+                hit = [e for e in excluded if names.touches_subtree(name, e)]
                 if hit:
                     add(
                         f"{base}.names[{j}]",
@@ -975,6 +1264,7 @@ def _check_host(
 
     known_certs = _known(cert_names)
     service_names: dict[str, int] = {}
+    written: dict[str, str] = {}
     for i, svc in enumerate(host.services):
         base = at("services", i)
         if svc.name in service_names:
@@ -991,7 +1281,26 @@ def _check_host(
             fbase = f"{base}.files[{j}]"
             if f.path in paths:
                 add(f"{fbase}.path", f"'{f.path}' is written twice")
+            elif f.path in written:
+                add(f"{fbase}.path", f"'{f.path}' is also written by {written[f.path]}")
             paths.add(f.path)
+            written.setdefault(f.path, f"{fbase}")
+            area = reserved_host_path(f.path)
+            if area:
+                add(f"{fbase}.path", f"'{f.path}' is pkinfra's own ({area})")
+            for k, c in enumerate([] if area else host.certificates):
+                if is_below(f.path, c.host_directory):
+                    add(
+                        f"{fbase}.path",
+                        f"'{f.path}' is in the directory of {at('certificates', k)} "
+                        f"('{c.host_directory}'), which pkinfra writes",
+                    )
+                if c.webroot and is_below(f.path, c.webroot):
+                    add(
+                        f"{fbase}.path",
+                        f"'{f.path}' is in the webroot of {at('certificates', k)} "
+                        f"('{c.webroot}'), which nginx serves",
+                    )
             if f.content in SECRET_CONTENTS and int(f.file_mode, 8) & 0o007:
                 add(
                     f"{fbase}.mode",
@@ -1034,6 +1343,164 @@ def _check_host(
     return problems
 
 
+def _index(kept: Mapping[str, Mapping[str, list[int]]], fqdn: str, field: str, i: int) -> str:
+    """``field[i]`` with the index the user wrote (invalid items were dropped before)."""
+    indices = kept.get(fqdn, {}).get(field)
+    return f"{field}[{indices[i] if indices else i}]"
+
+
+def _owned_names(
+    settings: Settings, host: HostSpec, kept: Mapping[str, Mapping[str, list[int]]]
+) -> Iterator[tuple[str, str, str, bool]]:
+    """(field path, owner, type, delegated) of every name the host publishes under.
+
+    ``delegated``: a CNAME into the shadow zone (ACME challenges and ACME TLSA); otherwise a
+    TLSA record of a CA-issued certificate in the zone's include file.
+    """
+    for i, cert in enumerate(host.certificates):
+        if cert.is_acme and cert.challenge == "dns-01":
+            for j, name in enumerate(cert.names):
+                path = f"{_index(kept, host.fqdn, 'certificates', i)}.names[{j}]"
+                yield path, challenge_owner(name), "TXT", True
+    for i, pub in enumerate(host.tlsa):
+        used = host.certificate(pub.certificate)
+        if used is None or (pub.name is None and used.names[0].startswith("*.")):
+            continue
+        field = "name" if pub.name else "certificate"
+        path = f"{_index(kept, host.fqdn, 'tlsa', i)}.{field}"
+        yield path, tlsa_owner(pub.port, pub.proto, host.tlsa_name(pub)), "TLSA", used.is_acme
+
+
+def _check_across(
+    settings: Settings,
+    hosts: Mapping[str, HostSpec],
+    kept: Mapping[str, Mapping[str, list[int]]],
+) -> list[Problem]:
+    """What no single host shows: names two hosts claim, key names, zone-level records."""
+    problems: list[Problem] = []
+    claimed: dict[tuple[str, str], tuple[str, str]] = {}
+    delegated: dict[str, str] = {}
+    for host in hosts.values():
+        problems += [
+            Problem(host.fqdn, "fqdn", why)
+            for why in [tsig.name_clash(host.fqdn, hosts)]
+            if why is not None
+        ]
+        for path, owner, rdtype, is_delegated in _owned_names(settings, host, kept):
+            first = claimed.get((owner, rdtype))
+            if first is not None and first[0] != host.fqdn:
+                problems.append(
+                    Problem(
+                        host.fqdn,
+                        path,
+                        f"{owner} {rdtype} is already {first[0]}'s ({first[1]}): a name and "
+                        "type belong to one host",
+                    )
+                )
+            elif first is None:
+                claimed[(owner, rdtype)] = (host.fqdn, path)
+            if is_delegated:
+                delegated.setdefault(owner, host.fqdn)
+
+    caa_zones = {z.name for z in settings.zones if z.caa}
+    records: dict[str, list[tuple[str, str, str]]] = {}
+    for host in hosts.values():
+        for i, rec in enumerate(host.records):
+            path = _index(kept, host.fqdn, "records", i)
+            records.setdefault(rec.name, []).append((host.fqdn, path, rec.type))
+            if rec.name in delegated:
+                problems.append(
+                    Problem(
+                        host.fqdn,
+                        f"{path}.name",
+                        f"'{rec.name}' is delegated to {delegated[rec.name]} (a CNAME into "
+                        "the shadow zone): it can hold no other record",
+                    )
+                )
+            if rec.type == "CAA" and rec.name in caa_zones:
+                problems.append(
+                    Problem(
+                        host.fqdn,
+                        f"{path}.type",
+                        f"zone '{rec.name}' has 'caa' in group_data/all.py, which renders its "
+                        "CAA records",
+                    )
+                )
+    for name, entries in records.items():
+        cnames = [e for e in entries if e[2] == "CNAME"]
+        if cnames and len(entries) > 1:
+            fqdn, path, _ = cnames[0]
+            others = ", ".join(f"{h} {p} ({t})" for h, p, t in entries if (h, p) != (fqdn, path))
+            problems.append(
+                Problem(fqdn, f"{path}.name", f"'{name}' has a CNAME and other data: {others}")
+            )
+    return problems
+
+
+def _warnings(
+    settings: Settings,
+    hosts: Mapping[str, HostSpec],
+    kept: Mapping[str, Mapping[str, list[int]]],
+    base_dir: Path,
+) -> list[Problem]:
+    """What the inventory allows on purpose but an operator should know."""
+    result: list[Problem] = []
+    apexes = {z.name for z in settings.zones}
+    for host in hosts.values():
+        for i, cert in enumerate(host.certificates):
+            if not (cert.is_acme and cert.challenge == "dns-01"):
+                continue
+            for j, name in enumerate(cert.names):
+                if name in apexes and f"*.{name}" not in cert.names:
+                    path = f"{_index(kept, host.fqdn, 'certificates', i)}.names[{j}]"
+                    result.append(
+                        Problem(
+                            host.fqdn,
+                            path,
+                            f"the grant on _acme-challenge.{name} also lets this host obtain "
+                            f"*.{name}",
+                        )
+                    )
+    # Controller-side secrets, as certbot treats its credentials files: warned, not refused.
+    where = "group_data/all.py"
+    seen: set[str] = set()
+    for ca_name, ca in settings.cas.items():
+        if ca.passphrase is None or ca.passphrase.file is None or ca.passphrase.file in seen:
+            continue
+        seen.add(ca.passphrase.file)
+        mode = _mode_of(base_dir / ca.passphrase.file)
+        if mode is not None and mode & 0o077:
+            result.append(
+                Problem(
+                    where,
+                    f"cas.{ca_name}.passphrase.file",
+                    f"'{ca.passphrase.file}' is readable by group or others "
+                    f"(mode {mode:04o}; chmod 600 it)",
+                )
+            )
+    # The store's top directory may be listable (tsig.ensure_key makes it as a parent); what
+    # must stay closed is each CA's directory (its key, its records) and the TSIG secrets.
+    places = [("pki_dir", f"{settings.pki_dir}/{ca}") for ca in settings.cas]
+    for field, directory in [*places, ("secrets_dir", settings.secrets_dir)]:
+        mode = _mode_of(base_dir / directory)
+        if mode is not None and mode & 0o077:
+            result.append(
+                Problem(
+                    where,
+                    field,
+                    f"'{directory}' is open to group or others (mode {mode:04o}; chmod 700 it)",
+                )
+            )
+    return result
+
+
+def _mode_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return None
+
+
 _active: Inventory | None = None
 
 
@@ -1048,6 +1515,8 @@ def load_or_exit(inventory_file: str, groups: Groups) -> Inventory:
         inventory = load(Path(inventory_file).resolve().parent, groups)
     except InventoryError as exc:
         raise SystemExit(exc.report()) from None
+    for warning in inventory.warnings:
+        print(f"pkinfra: warning: {warning}", file=sys.stderr)
     _active = inventory
     return inventory
 

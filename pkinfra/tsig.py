@@ -9,9 +9,12 @@ primary includes and what the host's agent reads (``pkinfra.dnsupdate.TSIGKey.fr
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,9 @@ SECRET_BYTES = 32
 #: The key that signs notifies and zone transfers between the primary and its secondaries.
 TRANSFER_KEY = "pkinfra-transfer"
 
-_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")  # always fullmatch
+#: A rotated key's name: ``k<generation>.<fqdn>``.
+_ROTATED = re.compile(r"k(\d+)\.(.+)")
 
 
 class TSIGError(Exception):
@@ -29,7 +34,7 @@ class TSIGError(Exception):
 
 def key_path(secrets_dir: Path, name: str) -> Path:
     """Where the key called ``name`` lives on the controller."""
-    if not _SAFE_NAME.match(name):
+    if not _SAFE_NAME.fullmatch(name):
         raise TSIGError(f"TSIG key name {name!r} is not usable as a file name")
     return secrets_dir / f"{name}.key"
 
@@ -42,26 +47,28 @@ def key_text(name: str, secret: str) -> str:
 def ensure_key(secrets_dir: Path, name: str, path: Path | None = None) -> Path:
     """The key file of ``name``, made (0600, in a 0700 directory) if it does not exist yet.
 
-    An existing file is checked (it must hold exactly this key) but never replaced. ``path``
-    overrides the file's place (a rotation's next key lives beside the current one).
+    An existing file is checked (it must hold exactly this key) but never replaced. The first
+    writer wins: the new key is written whole beside, then hard-linked into place, which fails
+    when another run (or thread) got there first; that run's key is kept and used. So two runs
+    at once can never leave the primary and a host with different secrets. ``path`` overrides
+    the file's place (a rotation's next key lives beside the current one).
     """
     path = path or key_path(secrets_dir, name)
-    if path.exists():
-        check_key_file(path, name)
-        return path
-    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    secret = base64.b64encode(os.urandom(SECRET_BYTES)).decode()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key_text(name, secret))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if not path.exists():
+        secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secret = base64.b64encode(os.urandom(SECRET_BYTES)).decode()
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(key_text(name, secret))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    check_key_file(path, name)
     return path
 
 
@@ -138,6 +145,24 @@ def host_keys(secrets_dir: Path, fqdn: str) -> HostKeys:
         current=HostKey(name, current),
         next=HostKey(key_name_in(nxt), nxt) if nxt.exists() else None,
     )
+
+
+def name_clash(fqdn: str, others: Iterable[str]) -> str | None:
+    """Why a host called ``fqdn`` would share a TSIG key name or key file, or None.
+
+    Key names: the transfer key, and ``k<N>.<fqdn>`` of another host's rotations. Key files:
+    ``<fqdn>.next.key`` is another host's next key while it rotates.
+    """
+    if fqdn == TRANSFER_KEY:
+        return f"'{fqdn}' is the name of pkinfra's transfer key"
+    others = set(others) - {fqdn}
+    rotated = _ROTATED.fullmatch(fqdn)
+    if rotated and rotated.group(2) in others:
+        return f"'{fqdn}' is the name {rotated.group(2)}'s TSIG key takes after rotation"
+    base = fqdn.removesuffix(".next")
+    if base != fqdn and base in others:
+        return f"'{fqdn}.key' is the file of {base}'s next TSIG key during a rotation"
+    return None
 
 
 def _generation(name: str, fqdn: str) -> int:

@@ -1,10 +1,11 @@
 """BIND configuration, zone files and the lab resolver's configuration, rendered from the model.
 
 Owns what the DNS servers hold: ``named.conf.options`` and ``named.conf.local`` of the primary
-and each secondary, the main zones (SOA, NS, host addresses, static records, the CNAMEs of every
-delegation, an ``$INCLUDE`` of the TLSA records of CA-issued certificates), the shadow zone's
-initial file, and unbound's configuration with the zones' trust anchors. Everything comes from the
-WHOLE inventory: a deploy limited to one host renders exactly what a full one would.
+and each secondary, the main zones (SOA, NS, host addresses, static records, CAA records when
+the zone's ``caa`` asks for them, the CNAMEs of every delegation, an ``$INCLUDE`` of the TLSA
+records of CA-issued certificates), the shadow zone's initial file, and unbound's configuration
+with the zones' trust anchors. Everything comes from the WHOLE inventory: a deploy limited to
+one host renders exactly what a full one would.
 
 Zone files carry a header line ``; pkinfra-zone serial=N content=SHA256``: ``content`` hashes the
 zone without its serial (include file included), so a deploy bumps the serial only when that hash
@@ -22,15 +23,11 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
-import dns.exception
-import dns.name
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
 import jinja2
 
 from pkinfra import tsig
 from pkinfra.model import Inventory, zone_of
+from pkinfra.names import base_name
 
 SERIAL = "@SERIAL@"
 _CONTENT = "@CONTENT@"
@@ -193,26 +190,38 @@ class _Row:
     why: str = ""
 
 
-def _txt(value: str) -> str:
-    if value.startswith('"'):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def caa_values(inventory: Inventory, zone: str) -> list[str]:
+    """The CAA records at the apex of ``zone`` when its ``caa`` lists CA domains, else none.
 
-
-def _check_value(row: _Row, zone: str) -> None:
-    try:
-        dns.rdata.from_text(
-            dns.rdataclass.IN,
-            dns.rdatatype.from_text(row.type),
-            row.value,
-            origin=dns.name.from_text(zone),
-        )
-    except (dns.exception.DNSException, ValueError) as exc:
-        raise ZoneError(f"{row.why}: {row.type} value {row.value!r} is invalid: {exc}") from None
+    One ``issue "<ca>; validationmethods=<m>"`` per CA domain, ``<m>`` the challenges the
+    zone's ACME certificates use (both when none does); ``issuewild ";"`` unless one of them
+    has a wildcard name, so a grant on ``_acme-challenge.<apex>`` cannot obtain ``*.<apex>``.
+    No ``accounturi``: certbot registers each host's account on the host, so the inventory does
+    not know the account URIs.
+    """
+    setting = next(z for z in inventory.settings.zones if z.name == zone)
+    if not setting.caa:
+        return []
+    zones = inventory.zone_names
+    methods: set[str] = set()
+    wildcard = False
+    for spec in inventory.hosts.values():
+        for cert in spec.certificates:
+            inside = [n for n in cert.names if zone_of(base_name(n), zones) == zone]
+            if cert.is_acme and inside and cert.challenge:
+                methods.add(cert.challenge)
+                wildcard = wildcard or any(n.startswith("*.") for n in inside)
+    used = ",".join(sorted(methods or {"dns-01", "http-01"}))
+    values = [f'0 issue "{ca}; validationmethods={used}"' for ca in setting.caa]
+    if not wildcard:
+        values.append('0 issuewild ";"')
+    return values
 
 
 def _zone_rows(inventory: Inventory, zone: str, zones: Sequence[str]) -> list[_Row]:
-    rows: list[_Row] = []
+    rows = [
+        _Row(zone, "CAA", value, why=f"zone {zone}: caa") for value in caa_values(inventory, zone)
+    ]
     for spec in inventory.hosts.values():
         if spec.address is not None and zone_of(spec.fqdn, zones) == zone:
             kind = "A" if spec.address.version == 4 else "AAAA"
@@ -220,10 +229,8 @@ def _zone_rows(inventory: Inventory, zone: str, zones: Sequence[str]) -> list[_R
         for i, rec in enumerate(spec.records):
             if zone_of(rec.name, zones) != zone:
                 continue
-            value = _txt(rec.value) if rec.type == "TXT" else rec.value
-            row = _Row(rec.name, rec.type, value, rec.ttl, f"{spec.fqdn}: records[{i}]")
-            _check_value(row, zone)
-            rows.append(row)
+            # The model let through exactly one value (pkinfra.model.check_record_value).
+            rows.append(_Row(rec.name, rec.type, rec.rdata, rec.ttl, f"{spec.fqdn}: records[{i}]"))
         for d in inventory.delegations(spec):
             if d.zone == zone:
                 rows.append(_Row(d.owner, "CNAME", f"{d.target}.", why=f"{spec.fqdn}: {d.rdtype}"))

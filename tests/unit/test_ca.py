@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pkinfra import ca as ca_mod
+from pkinfra import names
 from pkinfra.ca import CAError, CAStore, DNSConstraints, PassphraseSource
 from pkinfra.keys import (
     KEY_TYPES,
@@ -285,9 +286,10 @@ def test_existing_ca_is_never_replaced_unless_asked(store: CAStore) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"permitted": [".example.test"]}, "without the leading dot"),
+        ({"permitted": ["example.test\n"]}, "space or control character"),
+        ({"permitted": ["mx1\n.example.test"]}, "space or control character"),
         ({"permitted": "example.test"}, "not one string"),
-        ({"excluded": ["bad_label.test"]}, "bad label"),
+        ({"excluded": ["bad_label.test"]}, "label 'bad_label' may only hold"),
         ({"path_length": -1}, "path length must be"),
         ({"validity_days": 0}, "at least 1 day"),
         ({"key_type": "rsa-1024"}, "unknown key type"),
@@ -458,6 +460,37 @@ def test_openssl_enforces_name_constraints_and_ip_exclusion(
     assert_rejected(verify(tmp_path, root=root, untrusted=chain, leaf=by_ip), "subtree")
 
 
+def test_leading_dot_subtree_is_subdomains_only_in_the_store_and_for_openssl(
+    store: CAStore, tmp_path: Path
+) -> None:
+    store.create_root("root", path_length=2, passphrase=PASS)
+    sub = store.create_sub_ca(
+        "sub",
+        "root",
+        parent_passphrase=PASS,
+        permitted=[".Example.test"],
+        passphrase=PASS,
+        path_length=1,
+    )
+    assert DNSConstraints.of(ca_cert(store, "sub")).permitted == (".example.test",)
+    assert sub.name == "sub"
+    sign(store, "sub", ["a.example.test", "*.example.test"], cert_name="a")
+    with pytest.raises(CAError, match=r"example\.test is outside the permitted subtrees"):
+        sign(store, "sub", ["example.test"], cert_name="apex")
+    # A sub-CA of it may not take the domain itself back.
+    with pytest.raises(CAError, match="wider than"):
+        store.create_sub_ca(
+            "subsub", "sub", parent_passphrase=PASS, permitted=["example.test"], passphrase=PASS
+        )
+    # OpenSSL reads the certificate's leading-dot constraint the same way.
+    sub_cert, sub_key = ca_cert(store, "sub"), ca_key(store, "sub")
+    root, chain = store.root_pem("sub"), store.chain_pem("sub")
+    below = hand_signed_leaf(sub_cert, sub_key, [x509.DNSName("a.example.test")])
+    assert_verifies(verify(tmp_path, root=root, untrusted=chain, leaf=below))
+    apex = hand_signed_leaf(sub_cert, sub_key, [x509.DNSName("example.test")])
+    assert_rejected(verify(tmp_path, root=root, untrusted=chain, leaf=apex), "subtree")
+
+
 def test_openssl_enforces_path_length(store: CAStore, tmp_path: Path) -> None:
     store.create_root("root", path_length=0, passphrase=PASS)
     with pytest.raises(CAError, match="allows no further CA"):
@@ -491,10 +524,13 @@ def test_openssl_enforces_path_length(store: CAStore, tmp_path: Path) -> None:
 def test_subtree_matching_is_label_wise(labels: list[str], prefix: str) -> None:
     subtree = "example.test"
     name = ".".join([*labels, subtree])
-    assert ca_mod.within(name, subtree)
-    assert ca_mod.within(subtree, subtree)
+    assert names.within_subtree(name, subtree)
+    assert names.within_subtree(subtree, subtree)
+    assert names.within_subtree(name, "." + subtree)
+    assert not names.within_subtree(subtree, "." + subtree)
     # Same suffix, but not on a label boundary: not inside.
-    assert not ca_mod.within(prefix + subtree, subtree)
+    assert not names.within_subtree(prefix + subtree, subtree)
+    assert not names.within_subtree(prefix + subtree, "." + subtree)
     constraints = DNSConstraints(permitted=(subtree,), excluded=(f"{labels[-1]}.{subtree}",))
     assert constraints.refusal(f"{prefix}.{labels[-1]}.{subtree}") is not None
     assert constraints.refusal(f"*.{subtree}") is not None  # could be the excluded name
@@ -633,7 +669,9 @@ def test_expected_key_fingerprint(hierarchy: CAStore) -> None:
     [
         ({"names": []}, "non-empty list"),
         ({"names": "a.example.test"}, "non-empty list"),
-        ({"names": ["bad..name"]}, "bad label"),
+        ({"names": ["bad..name"]}, "has an empty label"),
+        ({"names": ["mx1\n.example.test"]}, "space or control character"),
+        ({"names": ["mx1.example.test\n"]}, "space or control character"),
         ({"usages": {"email"}}, "usages must be"),
         ({"usages": set()}, "usages must be"),
         ({"validity_days": -3}, "at least 1 day"),

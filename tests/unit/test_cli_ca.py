@@ -25,6 +25,7 @@ def site(tmp_path: Path) -> tuple[Path, CAStore, Issued]:
     shutil.copytree(ROOT / "group_data", tmp_path / "group_data")
     (tmp_path / ".lab").mkdir()
     (tmp_path / ".lab" / "ca-passphrase").write_text(SECRET + "\n")
+    (tmp_path / ".lab" / "ca-passphrase").chmod(0o600)  # else the inventory warns
     source = PassphraseSource.from_file(tmp_path / ".lab" / "ca-passphrase")
     store = CAStore(tmp_path / "pki")
     store.create_root("duckcorp", key_type="ec-p256", passphrase=source)

@@ -108,7 +108,7 @@ def test_lab_inventory_loads_and_names_every_host() -> None:
         "mon1.example.test",
     }
     assert inventory.hosts["mon1.example.test"].pyinfra_name == "mon1.example.test"
-    assert inventory.hosts["mx1.example.test"].pyinfra_name == "@docker/pkinfra-mx1"
+    assert inventory.hosts["mx1.example.test"].pyinfra_name == "mx1.example.test"
 
 
 def test_unknown_ca_names_host_field_and_known_cas() -> None:
@@ -398,7 +398,9 @@ def test_removed_fields_do_not_leak_between_cases() -> None:
     assert mx1(b)["fqdn"] == "mx1.example.test"
 
 
-def test_rollover_label_needs_its_next_name_free() -> None:
+def test_certificate_names_ending_in_next_are_refused() -> None:
+    # Key rollover issues a second lineage '<name>-next': no certificate may take such a name,
+    # whether or not a rollover is under way now.
     groups = base_groups()
     certs = mx1(groups)["certificates"]
     certs[0]["rollover"] = "2026-11"
@@ -413,9 +415,12 @@ def test_rollover_label_needs_its_next_name_free() -> None:
         }
     )
     assert problems(base_all(), groups) == [
-        "mx1.example.test: certificates[0].rollover: a rollover uses the name 'mail-next', "
-        "which is another certificate's name here",
+        "mx1.example.test: certificates[2].name: 'mail-next' ends with '-next', which names a "
+        "key rollover's second lineage",
     ]
+    certs[0].pop("rollover")
+    certs[1].pop("rollover")
+    assert len(problems(base_all(), groups)) == 1
     certs.pop()
     certs[0]["rollover"] = "not a label!"
     assert any("certificates[0].rollover" in p for p in problems(base_all(), groups))
@@ -430,3 +435,420 @@ def test_rollover_wait_is_a_global_setting() -> None:
         "group_data/mail.py" in p and "rollover_wait" in p
         for p in problems(base_all(), base_groups(), {"mail": {"rollover_wait": 90}})
     )
+
+
+# -- issue 12: inventory input --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rdtype", "value"),
+    [
+        ("A", "192.0.2.1"),
+        ("AAAA", "2001:db8::1"),
+        ("CNAME", "web1.example.test."),
+        ("MX", "10 mx1.example.test."),
+        ("SRV", "10 5 443 web1.example.test."),
+        ("CAA", '0 issue "letsencrypt.org"'),
+        ("NS", "ns1.example.test."),
+        ("TXT", 'v=spf1 mx -all "x"'),
+        ("TXT", '"two" "strings"'),
+    ],
+)
+def test_record_values_that_are_one_value_are_accepted(rdtype: str, value: str) -> None:
+    groups = base_groups()
+    mx1(groups)["records"] = [{"name": "x.example.test", "type": rdtype, "value": value}]
+    assert problems(base_all(), groups) == []
+
+
+@pytest.mark.parametrize(
+    ("rdtype", "value", "message"),
+    [
+        ("CNAME", "web1.example.test.\n$INCLUDE /etc/passwd", "control character ('\\n')"),
+        ("TXT", "a\rb", "control character ('\\r')"),
+        ("CNAME", "web1.example.test. web2.example.test.", "is more than one CNAME value"),
+        ("MX", "10 mx1.example.test. (", "unbalanced parentheses"),
+        ("CNAME", "web1.example.test. ; hidden", "reads back as 'web1.example.test.'"),
+        ("CNAME", "web1.example.test", "reads back as 'web1.example.test.'"),
+        ("AAAA", "2001:DB8::1", "reads back as '2001:db8::1'"),
+        ("A", "192.0.2.256", "not a valid A value"),
+    ],
+)
+def test_record_values_must_come_back_from_dnspython_unchanged(
+    rdtype: str, value: str, message: str
+) -> None:
+    groups = base_groups()
+    mx1(groups)["records"] = [{"name": "x.example.test", "type": rdtype, "value": value}]
+    found = problems(base_all(), groups)
+    assert len(found) == 1 and found[0].startswith("mx1.example.test: records[0].value: ")
+    assert message in found[0]
+
+
+def test_a_relative_name_in_a_value_is_refused_not_put_under_the_zone() -> None:
+    groups = base_groups()
+    mx1(groups)["records"] = [{"name": "x.example.test", "type": "CNAME", "value": "web1"}]
+    assert problems(base_all(), groups) == [
+        "mx1.example.test: records[0].value: 'web1' is not one CNAME value as written: it reads "
+        "back as 'web1.' (write that; names end with a dot)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("/var/www/acme", None),
+        ("/srv/www/site-1/acme_challenge", None),
+        ("var/www", "must be an absolute path"),
+        ("/var/www/", "not in normal form"),
+        ("/var//www", "not in normal form"),
+        ("/var/./www", "not in normal form"),
+        ("/var/www/..", "holds '..'"),
+        ("/var/www/a b", "holds a space"),
+        ("/var/w\nww", "control character"),
+        ("/var/www;", "holds ';'"),
+        ("/var/www{", "holds '{'"),
+        ("/var/$HOME", "holds '$'"),
+        ("/var/`id`", "holds '`'"),
+        ("/var/'a'", "holds '''"),
+        ('/var/"a"', "holds '\"'"),
+        ("/var/a\\b", "holds '\\'"),
+    ],
+)
+def test_one_path_check_for_every_host_path(value: str, message: str | None) -> None:
+    fields = [
+        ("certificates[0].webroot", lambda g: g["certificates"][0].update(webroot=value)),
+        ("certificates[1].directory", lambda g: g["certificates"][1].update(directory=value)),
+        ("services[0].files[0].path", lambda g: g["services"][0]["files"][0].update(path=value)),
+        (
+            "services[0].notify.pidfile",
+            lambda g: g["services"][0].update(notify={"signal": "HUP", "pidfile": value}),
+        ),
+    ]
+    for field, change in fields:
+        groups = base_groups()
+        mx1(groups)["certificates"][0].update(challenge="http-01", webroot="/var/www/acme")
+        change(mx1(groups))
+        found = problems(base_all(), groups)
+        if message is None:
+            assert found == [], field
+        else:
+            assert len(found) == 1 and found[0].startswith(f"mx1.example.test: {field}: "), found
+            assert message in found[0], found
+
+
+def test_controller_paths_may_be_relative_but_are_normal() -> None:
+    data = base_all()
+    data["pki_dir"] = "state/pki"
+    data["cas"]["duckcorp"] = {"path_length": 1, "passphrase": {"file": ".lab/passphrase"}}
+    assert problems(data, base_groups()) == []
+    data["secrets_dir"] = "state/../secrets"
+    data["cas"]["duckcorp"]["passphrase"]["file"] = ".lab//passphrase"
+    assert problems(data, base_groups()) == [
+        "group_data/all.py: secrets_dir: path 'state/../secrets' holds '..'",
+        "group_data/all.py: cas.duckcorp.passphrase.file: path '.lab//passphrase' is not in "
+        "normal form (no '//', '/./' or trailing '/'): write '.lab/passphrase'",
+    ]
+
+
+def test_names_with_a_newline_are_refused_everywhere() -> None:
+    groups = base_groups()
+    mx1(groups)["certificates"][0]["names"] = ["mx1\n.example.test"]
+    mx1(groups)["tlsa"][0]["name"] = "mx1.example.test\nx"
+    data = base_all()
+    data["cas"]["duckcorp-backup"]["permitted"] = ["backup\n.example.test"]
+    found = problems(data, groups)
+    assert [p.split(": ")[1] for p in found] == [
+        "cas.duckcorp-backup.permitted[0]",
+        "certificates[0].names[0]",
+        "tlsa[0].name",
+    ]
+    assert all("space or control character" in p for p in found)
+
+
+def test_ca_subtrees_with_a_leading_dot_cover_only_subdomains() -> None:
+    data = base_all()
+    data["cas"]["duckcorp-backup"]["permitted"] = [".backup.example.test"]
+    groups = base_groups()
+    assert problems(data, groups) == []  # mx1.backup.example.test is below it
+    mx1(groups)["certificates"][1]["names"] = ["backup.example.test"]
+    assert problems(data, groups) == [
+        "mx1.example.test: certificates[1].names[0]: 'backup.example.test' is outside the "
+        "permitted subtrees of CA 'duckcorp-backup' (.backup.example.test)"
+    ]
+    # Without the dot the name itself is inside.
+    data["cas"]["duckcorp-backup"]["permitted"] = ["backup.example.test"]
+    assert problems(data, groups) == []
+    # A sub-CA cannot take back the domain its parent left out.
+    data["cas"]["duckcorp"]["permitted"] = [".example.test"]
+    data["cas"]["duckcorp-monitoring"]["permitted"] = ["example.test"]
+    assert problems(data, base_groups()) == [
+        "group_data/all.py: cas.duckcorp-monitoring.permitted[0]: 'example.test' is wider than "
+        "the parent 'duckcorp' allows (.example.test)"
+    ]
+
+
+def test_a_wildcard_that_could_be_an_excluded_name_is_refused() -> None:
+    data = base_all()
+    data["cas"]["duckcorp-backup"]["excluded"] = ["secret.backup.example.test"]
+    groups = base_groups()
+    mx1(groups)["certificates"][1]["names"] = ["*.backup.example.test"]
+    assert problems(data, groups) == [
+        "mx1.example.test: certificates[1].names[0]: '*.backup.example.test' is in an excluded "
+        "subtree of CA 'duckcorp-backup' (secret.backup.example.test)"
+    ]
+    data["cas"]["duckcorp-backup"]["excluded"] = [".secret.backup.example.test"]
+    assert problems(data, groups) == []
+
+
+def second_host(groups: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    groups["web"] = [("@docker/web1", {"fqdn": "web1.example.test", **data})]
+    return groups
+
+
+def test_a_delegated_name_belongs_to_one_host() -> None:
+    cert = {"name": "w", "names": ["*.mx1.example.test"], "issuer": "acme", "challenge": "dns-01"}
+    groups = second_host(base_groups(), {"certificates": [cert]})
+    assert problems(base_all(), groups) == [
+        "web1.example.test: certificates[0].names[0]: _acme-challenge.mx1.example.test TXT is "
+        "already mx1.example.test's (certificates[0].names[0]): a name and type belong to one "
+        "host"
+    ]
+    cert = {"name": "w", "names": ["web1.example.test"], "issuer": "duckcorp"}
+    tlsa = [{"port": 25, "name": "mx1.example.test", "certificate": "w"}]
+    groups = second_host(base_groups(), {"certificates": [cert], "tlsa": tlsa})
+    assert problems(base_all(), groups) == [
+        "web1.example.test: tlsa[0].name: _25._tcp.mx1.example.test TLSA is already "
+        "mx1.example.test's (tlsa[0].certificate): a name and type belong to one host"
+    ]
+    # One host may use one name twice (a wildcard and its base share the challenge name).
+    groups = base_groups()
+    mx1(groups)["certificates"][0]["names"] = ["mx1.example.test", "*.mx1.example.test"]
+    assert problems(base_all(), groups) == []
+
+
+@pytest.mark.parametrize(
+    ("fqdn", "message"),
+    [
+        ("pkinfra-transfer", "'pkinfra-transfer' is the name of pkinfra's transfer key"),
+        (
+            "k2.mx1.example.test",
+            "'k2.mx1.example.test' is the name mx1.example.test's TSIG key takes after rotation",
+        ),
+        (
+            "k17.mx1.example.test",
+            "'k17.mx1.example.test' is the name mx1.example.test's TSIG key takes after rotation",
+        ),
+        (
+            "mx1.example.test.next",
+            "'mx1.example.test.next.key' is the file of mx1.example.test's next TSIG key during "
+            "a rotation",
+        ),
+        ("k2.web1.example.test", None),
+        ("kx.mx1.example.test", None),
+    ],
+)
+def test_host_names_that_tsig_rotation_uses_are_refused(fqdn: str, message: str | None) -> None:
+    groups = base_groups()
+    groups["other"] = [("@docker/other", {"fqdn": fqdn})]
+    expected = [] if message is None else [f"{fqdn}: fqdn: {message}"]
+    assert problems(base_all(), groups) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preferred-chain", "ISRG Root X1", "-v", "--no-eff-email", "-m", "a@b.c"], None),
+        (["--no-verify-ssl"], "'--no-verify-ssl' turns off TLS verification"),
+        (["--no-verify"], "'--no-verify' turns off TLS verification"),
+        (["--pre-hook=id"], "'--pre-hook=id' adds a hook"),
+        (["--post-hook", "x"], "'--post-hook' adds a hook"),
+        (["--manual-cleanup-hook", "x"], "'--manual-cleanup-hook' adds a hook"),
+        (["--renew-hook", "x"], "'--renew-hook' adds a hook"),
+        (["--server=https://x.example/dir"], "overrides what pkinfra derives"),
+        (["--config-dir", "/tmp"], "overrides what pkinfra derives"),
+        (["-vd", "x.example.org"], "'-vd' (--domains) overrides"),
+        (["-c", "/tmp/cli.ini"], "'-c' (--config) overrides"),
+    ],
+)
+def test_certbot_args_may_not_weaken_or_override(args: list[str], message: str | None) -> None:
+    data = base_all()
+    data["acme"]["certbot_args"] = args
+    found = problems(data, base_groups())
+    if message is None:
+        assert found == []
+    else:
+        assert len(found) == 1
+        assert found[0].startswith("group_data/all.py: acme.certbot_args[0]: ")
+        assert message in found[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://acme-v02.api.letsencrypt.org/directory", True),
+        ("https://acme.example.test:14000/dir", True),
+        ("https://acme.example.test/acme/directory/", True),
+        ("https://acme.example.test/a/../dir", False),
+        ("https://acme.example.test/./dir", False),
+        ("https://acme.example.test//dir", False),
+        ("https://acme.example.test/%2e%2e/dir", False),
+        ("https://user:pw@acme.example.test/dir", False),
+        ("https://acme.example.test/dir?x=1", False),
+        ("http://acme.example.test/dir", False),
+    ],
+)
+def test_acme_directory_url(url: str, ok: bool) -> None:
+    data = base_all()
+    data["acme"]["directory"] = url
+    found = problems(data, base_groups())
+    assert (found == []) is ok, found
+    assert all(p.startswith("group_data/all.py: acme.directory: ") for p in found)
+
+
+def test_files_pkinfra_writes_are_not_service_files() -> None:
+    groups = base_groups()
+    files = mx1(groups)["services"][0]["files"]
+    files += [
+        {"path": "/etc/pkinfra/services.json", "content": "cert"},
+        {"path": "/var/lib/pkinfra/pending/x", "content": "cert"},
+        {"path": "/usr/local/bin/pkinfra-certbot-hook", "content": "cert"},
+        {"path": "/etc/bind/named.conf.local", "content": "cert"},
+        {"path": "/etc/pkinfra-not-ours/x.pem", "content": "cert"},
+        {"path": "/etc/postfix/k.pem", "content": "cert"},
+    ]
+    mx1(groups)["services"].append(
+        {
+            "name": "other",
+            "certificate": "backup",
+            "files": [{"path": "/etc/pkinfra-not-ours/x.pem", "content": "chain"}],
+            "notify": {"command": "true"},
+        }
+    )
+    assert problems(base_all(), groups) == [
+        "mx1.example.test: services[0].files[1].path: '/etc/pkinfra/services.json' is pkinfra's "
+        "own (/etc/pkinfra/)",
+        "mx1.example.test: services[0].files[2].path: '/var/lib/pkinfra/pending/x' is pkinfra's "
+        "own (/var/lib/pkinfra/)",
+        "mx1.example.test: services[0].files[3].path: '/usr/local/bin/pkinfra-certbot-hook' is "
+        "pkinfra's own (/usr/local/bin/pkinfra-*)",
+        "mx1.example.test: services[0].files[4].path: '/etc/bind/named.conf.local' is pkinfra's "
+        "own (/etc/bind/named.conf.local*)",
+        "mx1.example.test: services[0].files[6].path: '/etc/postfix/k.pem' is written twice",
+        "mx1.example.test: services[1].files[0].path: '/etc/pkinfra-not-ours/x.pem' is also "
+        "written by services[0].files[5]",
+    ]
+
+
+def test_certificate_directories_do_not_overlap() -> None:
+    groups = base_groups()
+    certs = mx1(groups)["certificates"]
+    certs[1]["directory"] = "/etc/pkinfra/certs/mine"  # one below the default place: fine
+    certs[0]["directory"] = "/etc/letsencrypt/live/mail"  # its own default, written out: fine
+    certs.append({"name": "c", "names": ["c.backup.example.test"], "issuer": "duckcorp-backup"})
+    assert problems(base_all(), groups) == []
+    certs[2]["directory"] = "/etc/pkinfra/certs/mine/next"
+    assert problems(base_all(), groups) == [
+        "mx1.example.test: certificates[2].directory: '/etc/pkinfra/certs/mine/next' overlaps "
+        "the directory of certificates[1] ('/etc/pkinfra/certs/mine')"
+    ]
+    certs[0]["directory"] = "/etc/letsencrypt/live/other"
+    assert problems(base_all(), groups)[0] == (
+        "mx1.example.test: certificates[0].directory: '/etc/letsencrypt/live/other' is "
+        "pkinfra's own (/etc/letsencrypt/)"
+    )
+    certs[0].pop("directory")
+    certs[2]["directory"] = "/etc/pkinfra/certs/backup"  # the default of certificates[1]'s name
+    certs[1].pop("directory")
+    assert problems(base_all(), groups) == [
+        "mx1.example.test: certificates[2].directory: '/etc/pkinfra/certs/backup' is also the "
+        "directory of certificates[1]"
+    ]
+
+
+def test_grant_on_a_zone_apex_is_warned_about() -> None:
+    groups = base_groups()
+    mx1(groups)["certificates"][0]["names"] = ["mx1.example.test", "example.test"]
+    inventory = load(Path("/nonexistent"), groups, {"all": base_all()})
+    assert [str(w) for w in inventory.warnings] == [
+        "mx1.example.test: certificates[0].names[1]: the grant on _acme-challenge.example.test "
+        "also lets this host obtain *.example.test"
+    ]
+    # Asked for explicitly: nothing to point out.
+    mx1(groups)["certificates"][0]["names"].append("*.example.test")
+    assert load(Path("/nonexistent"), groups, {"all": base_all()}).warnings == ()
+
+
+def test_open_controller_secrets_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = base_all()
+    data["cas"]["duckcorp"] = {"path_length": 1, "passphrase": {"file": "pass"}}
+    (tmp_path / "pass").write_text("secret passphrase\n")
+    (tmp_path / "pass").chmod(0o600)
+    for place in ("pki/secrets", "pki/duckcorp", "pki/duckcorp-backup"):
+        (tmp_path / place).mkdir(parents=True, mode=0o700)
+    (tmp_path / "pki").chmod(0o755)  # the store's top directory may be listable
+    assert load(tmp_path, base_groups(), {"all": data}).warnings == ()
+    (tmp_path / "pass").chmod(0o640)
+    (tmp_path / "pki" / "secrets").chmod(0o755)
+    (tmp_path / "pki" / "duckcorp-backup").chmod(0o750)
+    warnings = [str(w) for w in load(tmp_path, base_groups(), {"all": data}).warnings]
+    assert warnings == [
+        "group_data/all.py: cas.duckcorp.passphrase.file: 'pass' is readable by group or others "
+        "(mode 0640; chmod 600 it)",
+        "group_data/all.py: pki_dir: 'pki/duckcorp-backup' is open to group or others (mode "
+        "0750; chmod 700 it)",
+        "group_data/all.py: secrets_dir: 'pki/secrets' is open to group or others (mode 0755; "
+        "chmod 700 it)",
+    ]
+    assert not any("secret passphrase" in w for w in warnings)
+    # load_or_exit prints them and goes on.
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "all.py").write_text(
+        "\n".join(f"{k} = {v!r}" for k, v in data.items())
+    )
+    model.load_or_exit(str(tmp_path / "inventory.py"), base_groups())
+    err = capsys.readouterr().err
+    assert "pkinfra: warning: group_data/all.py: cas.duckcorp.passphrase.file: 'pass'" in err
+    assert "pkinfra: warning: group_data/all.py: secrets_dir:" in err
+
+
+def test_every_host_path_of_pkinfra_is_in_a_reserved_place() -> None:
+    # The reserved places are a list of their own (the model may not import the modules that
+    # import it): every host path constant of the code base must fall in one of them.
+    from pkinfra import acme, delivery, issue, services, zones
+    from pkinfra.agent import certbot_hook, dane_publish, rollover
+
+    layout = zones.Layout()
+    paths = [
+        acme.HOOK,
+        acme.HOOK_CONFIG,
+        acme.LIB_DIR,
+        acme.TRUST_PATH,
+        acme.DANE_PUBLISH,
+        acme.DANE_CONFIG,
+        acme.DANE_DEPLOY_HOOK,
+        acme.DANE_SEEN,
+        acme.ROLLOVER,
+        acme.ROLLOVER_CONFIG,
+        acme.ROLLOVER_DIR,
+        services.AGENT_DIR,
+        services.MAPPING_FILE,
+        services.DEPLOY_HOOK,
+        issue.CA_DIR,
+        issue.CRL_DIR,
+        issue.ca_bundle_path("duckcorp"),
+        str(delivery.STATE_DIR),
+        certbot_hook.CONFIG_PATH,
+        certbot_hook.ZONE_CACHE,
+        dane_publish.CONFIG,
+        rollover.CONFIG,
+        str(rollover.LIVE),
+        layout.key_dir,
+        layout.zone_dir,
+        layout.dnssec_key_dir,
+        layout.options_file,
+        layout.local_file,
+        f"{issue.TRUST_DIR}/pkinfra-duckcorp.crt",
+    ]
+    assert [p for p in paths if model.reserved_host_path(p) is None] == []
+    assert model.reserved_host_path("/etc/nginx/tls/web.key") is None

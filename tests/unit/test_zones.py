@@ -24,7 +24,14 @@ import pytest
 
 from pkinfra import tsig, zones
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
-from pkinfra.model import Inventory, load, load_inventory_file, read_group_data
+from pkinfra.model import (
+    Inventory,
+    InventoryError,
+    check_record_value,
+    load,
+    load_inventory_file,
+    read_group_data,
+)
 from tests.unit.named_fixture import free_port, named_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +45,10 @@ def lab_inventory() -> Inventory:
 
 def lab_groups() -> dict[str, Any]:
     """The lab inventory's groups, as data (a copy the test may change)."""
-    namespace: dict[str, Any] = {}
+    # One namespace for globals and locals: the inventory's helper functions read its globals.
+    namespace: dict[str, Any] = {"__file__": str(ROOT / "x.py")}
     text = (ROOT / "inventory.py").read_text().replace("_inventory = load_or_exit(", "_g = (")
-    exec(
-        compile(text, str(ROOT / "inventory.py"), "exec"),
-        {"__file__": str(ROOT / "x.py")},
-        namespace,
-    )
+    exec(compile(text, str(ROOT / "inventory.py"), "exec"), namespace)
     return copy.deepcopy(namespace["_g"][1])
 
 
@@ -176,10 +180,22 @@ def test_cname_beside_other_data_is_refused_naming_the_hosts() -> None:
     groups = lab_groups()
     web1 = groups["web"][0][1]
     web1["records"].append({"name": "www.example.test", "type": "A", "value": "192.0.2.1"})
-    with pytest.raises(zones.ZoneError) as info:
-        zones.render_site(inventory_from(groups))
-    assert "www.example.test has a CNAME and other data" in str(info.value)
-    assert "web1.example.test: records[0] (CNAME)" in str(info.value)
+    with pytest.raises(InventoryError) as info:
+        inventory_from(groups)
+    assert [str(p) for p in info.value.problems] == [
+        "web1.example.test: records[0].name: 'www.example.test' has a CNAME and other data: "
+        "web1.example.test records[1] (A)"
+    ]
+
+
+def test_the_renderer_still_refuses_a_cname_beside_other_data() -> None:
+    # The model refuses this when the inventory loads; the renderer checks the rows it makes.
+    rows = [
+        zones._Row("www.example.test", "CNAME", "web1.example.test.", why="web1: records[0]"),
+        zones._Row("www.example.test", "A", "192.0.2.1", why="mx1: records[0]"),
+    ]
+    with pytest.raises(zones.ZoneError, match=r"www\.example\.test has a CNAME and other data"):
+        zones._check_conflicts(rows, "example.test")
 
 
 def test_invalid_record_value_names_host_and_record() -> None:
@@ -187,8 +203,10 @@ def test_invalid_record_value_names_host_and_record() -> None:
     groups["mail"][0][1]["records"].append(
         {"name": "mx1.example.test", "type": "A", "value": "not-an-address"}
     )
-    with pytest.raises(zones.ZoneError, match=r"mx1.example.test: records\[1\]: A value"):
-        zones.render_site(inventory_from(groups))
+    with pytest.raises(
+        InventoryError, match=r"mx1.example.test: records\[1\].value: not a valid A"
+    ):
+        inventory_from(groups)
 
 
 def test_txt_values_are_quoted() -> None:
@@ -198,6 +216,41 @@ def test_txt_values_are_quoted() -> None:
     )
     text = zones.render_site(inventory_from(groups)).primary.zones[0].text
     assert 'example.test.\tIN\tTXT\t"v=spf1 mx -all \\"x\\""' in text
+
+
+def test_caa_records_from_the_inventory() -> None:
+    groups = lab_groups()
+    data = read_group_data(ROOT / "group_data")
+    data["all"]["zones"] = [
+        {"name": "example.test", "caa": ["letsencrypt.org", "pki.goog"]},
+        {"name": "unsigned.test", "signed": False},
+    ]
+    inventory = load(ROOT, groups, data)
+    assert zones.caa_values(inventory, "unsigned.test") == []
+    # The lab's example.test names are issued by http-01 (web1) and dns-01 (mx1), no wildcard.
+    expected = [
+        '0 issue "letsencrypt.org; validationmethods=dns-01,http-01"',
+        '0 issue "pki.goog; validationmethods=dns-01,http-01"',
+        '0 issuewild ";"',
+    ]
+    assert zones.caa_values(inventory, "example.test") == expected
+    for value in expected:
+        assert check_record_value("CAA", value) == value  # one value, as dnspython writes it
+    text = zones.render_site(inventory).primary.zones[0].text
+    for value in expected:
+        assert f"example.test.\tIN\tCAA\t{value}\n" in text
+    # A wildcard of the zone: wildcards may be issued (the issue records cover them).
+    groups["mail"][0][1]["certificates"][0]["names"].append("*.mail.example.test")
+    web = groups["web"][0][1]["certificates"][0]
+    web.update(challenge="dns-01")
+    web.pop("webroot")
+    inventory = load(ROOT, groups, data)
+    assert zones.caa_values(inventory, "example.test") == [
+        '0 issue "letsencrypt.org; validationmethods=dns-01"',
+        '0 issue "pki.goog; validationmethods=dns-01"',
+    ]
+    # Without `caa` nothing changes (the lab's golden files have no CAA record).
+    assert "CAA" not in zones.render_site(lab_inventory()).primary.zones[0].text
 
 
 def test_unbound_config_of_the_lab() -> None:
