@@ -89,6 +89,11 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
         if svc.get("changed"):
             reasons.append(f"{svc['name']}: {len(svc['changed'])} file(s) to write")
             deliver = True
+        if svc.get("change"):
+            # Held: the delivery asks the gate, which may let it through.
+            then = "" if svc.get("held") else "; will notify"
+            reasons.append(f"{svc['name']}: {svc['change']}{then}")
+            deliver = True
         if svc.get("pending"):
             reasons.append(f"{svc['name']}: notification pending from an earlier run")
             deliver = True

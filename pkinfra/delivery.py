@@ -5,32 +5,57 @@ inventory. Both paths use it: a pyinfra run (``--plan`` as a fact, then a delive
 deploy hook on a renewal (``--lineage NAME``). This module runs on managed hosts, so it uses only
 the standard library and the ``openssl`` command.
 
-For each service: read the sources, check that key and certificate belong together, write every
-file that differs atomically (a temporary file in the same directory, created with its final
-owner and mode, then renamed), check the written files again, then notify the service once. A
-notification that fails stays pending on the host and is retried by the next delivery. A key
-change can be held back by the service's ``gate`` command (DANE: the new TLSA record must be
-served first); a held service keeps its old files.
+A service either has copies of its files, or reads its certificate in place (no ``files``, an
+``in_place`` entry naming the certificate and key it reads).
+
+Copies: read the sources, check that keys and certificates belong together, write every file
+that differs beside its target (final owner and mode, fsynced), mark the service pending
+(durably), rename the files into place, check them again, notify the service once, and only
+then clear the mark. In place: the SHA-256 fingerprint of the certificate the service was last
+told about is recorded in ``served/<service>.json``; a different fingerprint (a renewal, a
+reissue, a key rollover's switch) marks the service pending, records the new one and notifies.
+The very first sighting notifies too: the agent cannot see what a running service loaded, and a
+missed notification leaves an old (possibly revoked, TLSA-retired) certificate in service.
+
+A notification that fails stays pending (``pending/<service>``) and is retried by the next
+delivery; a delivery interrupted anywhere (even ``kill -9``) leaves the mark, so the next one
+finishes it. What a crash may leave: every file is whole (old or new content, never partial or
+with a wider mode); a key and a certificate in two files can disagree only between the renames
+of one delivery (all data is written and fsynced before, so that window is a few renames), and
+then the mark is on disk and the service has not been told; a service is only told when every
+key it reads matches every certificate. A crash after the notification and before the mark is
+cleared notifies once more on the next delivery.
+
+A key change can be held back by the service's ``gate`` command (DANE: the new TLSA record must
+be served first): a held copy keeps its old files, a held in-place service is not told.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import errno
+import fcntl
 import grp
+import hashlib
 import json
 import os
 import pwd
 import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATE_DIR = Path("/var/lib/pkinfra/pending")
+#: The agent's state: ``pending/<service>`` (a notification is owed) and ``served/<service>.json``
+#: (what an in-place service was last told about).
+STATE_DIR = Path("/var/lib/pkinfra")
 KEY_CONTENTS = frozenset({"key", "combined"})
 CERT_CONTENTS = frozenset({"cert", "fullchain", "combined"})
 SIGNALS = {
@@ -39,6 +64,13 @@ SIGNALS = {
     "USR2": signal.SIGUSR2,
     "TERM": signal.SIGTERM,
 }
+#: Only this much of a pidfile is read; the pid is its first line.
+PIDFILE_MAX = 64
+#: Test-only fault injection: with ``PKINFRA_DELIVERY_CRASH_AT=test-only:<step>`` in its
+#: environment the agent SIGKILLs itself when it reaches ``<step>`` (``staged``, ``marked``,
+#: ``renamed-<n>``, ``checked``, ``recorded``, ``notified``, ``cleared``). Any other value does
+#: nothing. tests/unit/test_delivery_faults.py proves with it that a crash anywhere is recovered.
+CRASH_VARIABLE = "PKINFRA_DELIVERY_CRASH_AT"
 
 
 class DeliveryError(Exception):
@@ -49,10 +81,17 @@ class DeliveryError(Exception):
 class ServiceResult:
     name: str
     changed: list[str] = field(default_factory=list)
+    #: In place: why the service must be told ("certificate changed (fingerprint A -> B)").
+    change: str | None = None
     notified: str | None = None
     pending: bool = False
     held: str | None = None
     error: str | None = None
+
+
+def _step(name: str) -> None:
+    if os.environ.get(CRASH_VARIABLE) == f"test-only:{name}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- small pieces -------------------------------------------------------------------------------
@@ -94,15 +133,22 @@ def _key_part(data: bytes) -> bytes:
     return found.group(0) + b"\n" if found else b""
 
 
+def _pem_body(pem: bytes) -> bytes:
+    """The DER inside one PEM block."""
+    lines = pem.strip().splitlines()[1:-1]
+    return base64.b64decode(b"".join(lines))
+
+
 def check_pair(files: dict[str, tuple[str, bytes]]) -> None:
-    """Raise when the service's key and certificate (by content kind) do not belong together."""
-    key = next((data for kind, data in files.values() if kind in KEY_CONTENTS), None)
-    cert = next(
-        (_first_cert(d) for k, d in files.values() if k in CERT_CONTENTS and _first_cert(d)), None
-    )
-    if key is None or not cert:
+    """Raise unless every key and every (first) certificate of the files, by content kind,
+    have one public key: the service can load any pair of them."""
+    keys = {_key_part(d) for k, d in files.values() if k in KEY_CONTENTS and _key_part(d)}
+    certs = {_first_cert(d) for k, d in files.values() if k in CERT_CONTENTS and _first_cert(d)}
+    if not keys or not certs:
         return
-    if _public_key(_key_part(key), cert=False) != _public_key(cert, cert=True):
+    public = {_public_key(key, cert=False) for key in keys}
+    public |= {_public_key(cert, cert=True) for cert in certs}
+    if len(public) != 1:
         raise DeliveryError("the key does not match the certificate")
 
 
@@ -114,10 +160,22 @@ def _current(path: Path) -> tuple[bytes, int, int, int] | None:
         return None
 
 
-def write_atomic(path: Path, data: bytes, uid: int, gid: int, mode: int) -> None:
-    """Write beside then rename: the file never exists half-written or with a wider mode."""
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+_TMP_MARK = ".pkinfra-"
+
+
+def _stage(path: Path, data: bytes, uid: int, gid: int, mode: int) -> Path:
+    """``data`` in a new file beside ``path`` with its final owner and mode, on disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.pkinfra-{os.getpid()}")
+    _drop_leftovers(path)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.fchown(fd, uid, gid)
@@ -129,16 +187,51 @@ def write_atomic(path: Path, data: bytes, uid: int, gid: int, mode: int) -> None
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
+    return tmp
+
+
+def _drop_leftovers(path: Path) -> None:
+    """Staged files of an interrupted delivery (deliveries take a lock: none is running)."""
+    if not path.parent.is_dir():
+        return
+    prefix = f".{path.name}{_TMP_MARK}"
+    for entry in path.parent.iterdir():
+        if entry.name.startswith(prefix) and entry.name[len(prefix) :].isdigit():
+            entry.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes, uid: int, gid: int, mode: int) -> None:
+    """Write beside then rename: the file never exists half-written or with a wider mode."""
+    os.replace(_stage(path, data, uid, gid, mode), path)
+    _fsync_dir(path.parent)
+
+
+def _mark_pending(path: Path, why: str) -> None:
+    """On disk before anything the service reads changes: a crash leaves the service owed."""
+    write_atomic(path, f"{why}; notification pending\n".encode(), os.geteuid(), os.getegid(), 0o644)
+
+
+def _clear_pending(path: Path) -> None:
     try:
-        os.fsync(dfd)
+        path.unlink()
+    except FileNotFoundError:
+        return
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """One delivery at a time on a host (a pyinfra run and certbot's hook may meet)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "delivery.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
-def _pending_path(state_dir: Path, service: str) -> Path:
-    return state_dir / service
+# -- notification -------------------------------------------------------------------------------
 
 
 def _running(process: str) -> list[int]:
@@ -146,49 +239,161 @@ def _running(process: str) -> list[int]:
     found = []
     for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
-            if comm.read_text().strip() == process[:15]:
+            if comm.read_text().rstrip("\n") == process[:15]:
                 found.append(int(comm.parent.name))
         except OSError:
             continue
     return sorted(found)
 
 
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def _not_regular(path: Path, mode: int) -> DeliveryError:
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    return DeliveryError(f"pidfile {path} is {kind}, not a regular file; no signal sent")
+
+
+def read_pidfile(path: Path) -> tuple[int, int] | None:
+    """(pid, owner uid) of a pidfile; None when there is none.
+
+    Never blocks and never follows the last path component: a symbolic link, FIFO, device or
+    directory is refused before it is opened, and the opened file (``O_NOFOLLOW|O_NONBLOCK``)
+    is checked again. Only the first ``PIDFILE_MAX`` bytes are read; the first line must be one
+    decimal pid (blanks around it are allowed: Postfix pads it). A pidfile anyone may write is
+    refused.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DeliveryError(f"pidfile {path}: {exc.strerror}; no signal sent") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _not_regular(path, stat.S_IFLNK) from None
+        raise DeliveryError(f"pidfile {path}: {exc.strerror}; no signal sent") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        data = os.read(fd, PIDFILE_MAX + 1)
+    finally:
+        os.close(fd)
+    if st.st_mode & stat.S_IWOTH:
+        raise DeliveryError(f"pidfile {path} is writable by anyone; no signal sent")
+    first, newline, _ = data.partition(b"\n")
+    if len(first) > PIDFILE_MAX or (not newline and len(data) > PIDFILE_MAX):
+        raise DeliveryError(
+            f"pidfile {path}: no pid in its first {PIDFILE_MAX} bytes; no signal sent"
+        )
+    text = first.strip(b" \t\r")
+    if not re.fullmatch(rb"[0-9]{1,7}", text) or not 0 < int(text) <= 4194304:
+        raise DeliveryError(f"pidfile {path} does not hold one decimal pid; no signal sent")
+    return int(text), st.st_uid
+
+
+def _process_uids(pid: int) -> set[int]:
+    """Real and effective uid of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return {int(u) for u in line.split()[1:3]}
+    raise OSError(errno.ESRCH, "no Uid line")
+
+
+def _check_identity(pid: int, expected: str, pidfile: Path, owner: int) -> None:
+    """Raise unless ``pid`` is ``expected`` (its exact name) and a user-space process, and the
+    pidfile belongs to root or to the process's user (nobody else can point the agent at a
+    process). ``ProcessLookupError`` or ``FileNotFoundError`` when the process is gone."""
+    comm = Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+    if comm != expected[:15]:
+        raise DeliveryError(
+            f"pidfile {pidfile} names pid {pid} ({comm}), not '{expected}'; no signal sent"
+        )
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+    except FileNotFoundError:
+        raise DeliveryError(
+            f"pid {pid} ({comm}) of pidfile {pidfile} has no executable (exiting?); no signal sent"
+        ) from None
+    except PermissionError:
+        # Without CAP_SYS_PTRACE (a container, a hardened unit) even root may not read another
+        # user's exe link (measured in the lab): the name and owner checks then stand alone.
+        pass
+    uids = _process_uids(pid)
+    if owner != 0 and owner not in uids:
+        raise DeliveryError(
+            f"pidfile {pidfile} belongs to uid {owner}, neither root nor the uid of pid {pid} "
+            f"({', '.join(map(str, sorted(uids)))}); no signal sent"
+        )
+
+
+def signal_pidfile(how: dict[str, Any], expected: str) -> str:
+    """Send the signal to the process the pidfile names, if it is the expected one.
+
+    The pidfile must be a regular file owned by root or by the process's user and not writable
+    by others; the process must have exactly the expected name. The signal goes through a pidfd
+    opened before the checks: if the pid is reused in between, the signal fails instead of
+    reaching another process.
+    """
+    pidfile = Path(how["pidfile"])
+    found = read_pidfile(pidfile)
+    if found is None:
+        running = _running(expected)
+        if not running:
+            # Not started yet: it reads the new files when it starts.
+            return f"{expected} is not running; nothing to signal"
+        raise DeliveryError(
+            f"pidfile {pidfile} is missing but {expected} runs (pid "
+            f"{', '.join(map(str, running))}): wrong pidfile? no signal sent"
+        )
+    pid, owner = found
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = None
+    except OSError as exc:
+        raise DeliveryError(f"cannot open pid {pid} ({pidfile}): {exc.strerror}") from None
+    try:
+        if pidfd is not None:
+            try:
+                _check_identity(pid, expected, pidfile, owner)
+                signal.pidfd_send_signal(pidfd, SIGNALS[how["signal"]])
+                return f"SIG{how['signal']} to {expected} (pid {pid})"
+            except (ProcessLookupError, FileNotFoundError):
+                pass  # gone since the pidfile was read
+        running = _running(expected)
+        if not running:
+            # Left over from before a reboot or a crash: it reads the files when it starts.
+            return f"{expected} is not running (stale pidfile {pidfile}); nothing to signal"
+        raise DeliveryError(
+            f"pidfile {pidfile} names pid {pid}, which is not running, but {expected} runs "
+            f"(pid {', '.join(map(str, running))}): stale pidfile; no signal sent"
+        )
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
 def notify(service: dict[str, Any]) -> str:
     """Tell the service; returns what was done. Raises with the command's output on failure."""
     how = service.get("notify") or {}
     if how.get("signal"):
-        pidfile = Path(how["pidfile"])
-        expected = how.get("process") or service["name"]
-        try:
-            pid = int(pidfile.read_text().split()[0])
-        except FileNotFoundError:
-            running = _running(expected)
-            if not running:
-                # Not started yet: it reads the new files when it starts.
-                return f"{expected} is not running; nothing to signal"
-            raise DeliveryError(
-                f"pidfile {pidfile} is missing but {expected} runs (pid "
-                f"{', '.join(map(str, running))}): wrong pidfile? no signal sent"
-            ) from None
-        except (OSError, ValueError, IndexError):
-            raise DeliveryError(f"pidfile {pidfile} is unreadable; no signal sent") from None
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            running = _running(expected)
-            if not running:
-                # Left over from before a reboot or a crash: it reads the files when it starts.
-                return f"{expected} is not running (stale pidfile {pidfile}); nothing to signal"
-            raise DeliveryError(
-                f"pidfile {pidfile} names pid {pid}, which is not running, but {expected} runs "
-                f"(pid {', '.join(map(str, running))}): stale pidfile; no signal sent"
-            ) from None
-        if not comm.startswith(expected[:15]):
-            raise DeliveryError(
-                f"pidfile {pidfile} names pid {pid} ({comm}), not '{expected}'; no signal sent"
-            )
-        os.kill(pid, SIGNALS[how["signal"]])
-        return f"SIG{how['signal']} to {expected} (pid {pid})"
+        return signal_pidfile(how, how.get("process") or service["name"])
     command = how.get("command") or how.get("restart")
     if command:
         # Output goes to a file, not a pipe: a restarted daemon that inherits it must not keep
@@ -215,73 +420,189 @@ def notify(service: dict[str, Any]) -> str:
     return "nothing to notify"
 
 
+# -- in place -----------------------------------------------------------------------------------
+
+
+def fingerprint(cert_pem: bytes) -> dict[str, str]:
+    """SHA-256 of a certificate's DER and of its public key (SubjectPublicKeyInfo: TLSA 3 1 1)."""
+    cert = _first_cert(cert_pem)
+    if not cert:
+        raise DeliveryError("no certificate in it")
+    spki = _pem_body(_public_key(cert, cert=True))
+    return {
+        "sha256": hashlib.sha256(_pem_body(cert)).hexdigest(),
+        "spki_sha256": hashlib.sha256(spki).hexdigest(),
+    }
+
+
+def _short(digest: str) -> str:
+    return digest[:16]
+
+
+def served_change(recorded: dict[str, Any] | None, now: dict[str, str]) -> tuple[str | None, bool]:
+    """Why an in-place service must be told (None: it has been), and whether its key changed.
+
+    The first sighting counts as a change whose key is new: what the running service loaded is
+    unknown, and a key it has not served before must pass the gate.
+    """
+    if recorded is None:
+        return f"first sighting of certificate {_short(now['sha256'])}", True
+    if recorded.get("sha256") == now["sha256"]:
+        return None, False
+    old = _short(str(recorded.get("sha256")))
+    return (
+        f"certificate changed (fingerprint {old} -> {_short(now['sha256'])})",
+        recorded.get("spki_sha256") != now["spki_sha256"],
+    )
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """What was recorded; an unreadable record counts as none (notifies once more)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "sha256" in record else None
+
+
 # -- one service --------------------------------------------------------------------------------
+
+
+def _held(service: dict[str, Any], *, plan: bool) -> str | None:
+    """Why a key change must wait (the service's gate said no); None: it may go ahead."""
+    gate = service.get("gate")
+    if not gate:
+        return None
+    if plan:
+        # The gate may wait (a TTL); a plan only says that the delivery will ask it.
+        return "a new key: delivered once its TLSA record has been served long enough"
+    run = subprocess.run(
+        ["sh", "-c", gate],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if run.returncode == 0:
+        return None
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    return lines[-1] if lines else f"gate '{gate}' said no"
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DeliveryError(f"{path}: {exc.strerror}") from None
+
+
+def _copies(
+    service: dict[str, Any], result: ServiceResult, pending_file: Path, *, plan: bool
+) -> dict[str, str]:
+    """Bring the copies up to date (marked pending before the first rename); returns the live
+    files to check before the notification (path -> content kind)."""
+    wanted: dict[str, tuple[str, bytes]] = {}
+    for f in service["files"]:
+        wanted[f["path"]] = (f["content"], b"".join(_read(src) for src in f["sources"]))
+    check_pair(wanted)
+
+    todo = []
+    key_changed = False
+    for f in service["files"]:
+        uid, gid = _ids(f["owner"], f["group"])
+        mode = int(f["mode"], 8)
+        kind, data = wanted[f["path"]]
+        have = _current(Path(f["path"]))
+        if have != (data, uid, gid, mode):
+            todo.append((Path(f["path"]), data, uid, gid, mode))
+            if kind in KEY_CONTENTS and (have is None or _key_part(have[0]) != _key_part(data)):
+                key_changed = True
+    result.changed = [str(t[0]) for t in todo]
+    kinds = {path: kind for path, (kind, _) in wanted.items()}
+    if todo and key_changed:
+        result.held = _held(service, plan=plan)
+    if plan or result.held or not todo:
+        return kinds
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data, uid, gid, mode in todo:
+            staged.append((_stage(path, data, uid, gid, mode), path))
+        _step("staged")
+        _mark_pending(pending_file, f"files changed: {', '.join(result.changed)}")
+        result.pending = True
+        _step("marked")
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    # Back to back, nothing to wait for in between: the window in which a key and a
+    # certificate in two files disagree is as short as it can be.
+    for n, (tmp, path) in enumerate(staged, 1):
+        os.replace(tmp, path)
+        _step(f"renamed-{n}")
+    for directory in sorted({path.parent for _, path in staged}):
+        _fsync_dir(directory)
+    return kinds
+
+
+def _in_place(
+    service: dict[str, Any],
+    result: ServiceResult,
+    pending_file: Path,
+    served_file: Path,
+    *,
+    plan: bool,
+) -> dict[str, str]:
+    """Record the certificate an in-place service reads; a new one makes the service owed a
+    notification (marked pending before it is recorded). Returns the files to check."""
+    reads = service["in_place"]
+    kinds = {reads["cert"]: "cert", reads["key"]: "key"}
+    cert = _read(reads["cert"])
+    check_pair({reads["cert"]: ("cert", cert), reads["key"]: ("key", _read(reads["key"]))})
+    try:
+        now = fingerprint(cert)
+    except DeliveryError as exc:
+        raise DeliveryError(f"{reads['cert']}: {exc}") from None
+    change, key_changed = served_change(_read_record(served_file), now)
+    result.change = change
+    if change and key_changed:
+        result.held = _held(service, plan=plan)
+    if plan or result.held or not change:
+        return kinds
+    _mark_pending(pending_file, change)
+    result.pending = True
+    _step("marked")
+    record = {"certificate": reads["cert"], **now}
+    data = (json.dumps(record, sort_keys=True) + "\n").encode()
+    write_atomic(served_file, data, os.geteuid(), os.getegid(), 0o644)
+    _step("recorded")
+    return kinds
 
 
 def deliver_service(service: dict[str, Any], *, plan: bool, state_dir: Path) -> ServiceResult:
     result = ServiceResult(service["name"])
-    pending_file = _pending_path(state_dir, service["name"])
+    pending_file = state_dir / "pending" / service["name"]
     result.pending = pending_file.exists()
     try:
-        wanted: dict[str, tuple[str, bytes]] = {}
-        for f in service["files"]:
-            parts = []
-            for src in f["sources"]:
-                try:
-                    parts.append(Path(src).read_bytes())
-                except OSError as exc:
-                    raise DeliveryError(f"source {src}: {exc.strerror}") from None
-            wanted[f["path"]] = (f["content"], b"".join(parts))
-        check_pair(wanted)
-
-        todo = []
-        key_changed = False
-        for f in service["files"]:
-            uid, gid = _ids(f["owner"], f["group"])
-            mode = int(f["mode"], 8)
-            kind, data = wanted[f["path"]]
-            have = _current(Path(f["path"]))
-            if have != (data, uid, gid, mode):
-                todo.append((f["path"], data, uid, gid, mode))
-                if kind in KEY_CONTENTS and (have is None or _key_part(have[0]) != _key_part(data)):
-                    key_changed = True
-        result.changed = [t[0] for t in todo]
-
-        gate = service.get("gate")
-        if todo and key_changed and gate and plan:
-            # The gate may wait (a TTL); a plan only says that the delivery will ask it.
-            result.held = "a new key: delivered once its TLSA record has been served long enough"
+        if service.get("in_place") and not service.get("files"):
+            served_file = state_dir / "served" / f"{service['name']}.json"
+            kinds = _in_place(service, result, pending_file, served_file, plan=plan)
+        else:
+            kinds = _copies(service, result, pending_file, plan=plan)
+        if plan or result.held or not result.pending:
             return result
-        if todo and key_changed and gate:
-            run = subprocess.run(
-                ["sh", "-c", gate],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-            if run.returncode != 0:
-                lines = (run.stdout + run.stderr).strip().splitlines()
-                result.held = lines[-1] if lines else f"gate '{gate}' said no"
-                return result
-        if plan:
-            return result
-
-        if todo:
-            for path, data, uid, gid, mode in todo:
-                write_atomic(Path(path), data, uid, gid, mode)
-            check_pair({p: (k, Path(p).read_bytes()) for p, (k, _) in wanted.items()})
-            state_dir.mkdir(parents=True, exist_ok=True)
-            pending_file.write_text("files changed; notification pending\n")
-            result.pending = True
-        if result.pending and service.get("notify"):
+        # Whatever left the notification owed (this delivery, or one that failed or crashed):
+        # the service is only told about files that belong together.
+        check_pair({path: (kind, _read(path)) for path, kind in kinds.items()})
+        _step("checked")
+        if service.get("notify"):
             result.notified = notify(service)
-            pending_file.unlink(missing_ok=True)
-            result.pending = False
-        elif result.pending:
-            pending_file.unlink(missing_ok=True)
-            result.pending = False
+        _step("notified")
+        _clear_pending(pending_file)
+        result.pending = False
+        _step("cleared")
     except DeliveryError as exc:
         result.error = str(exc)
     except OSError as exc:
@@ -300,7 +621,10 @@ def deliver(
     services = mapping.get("services", [])
     if lineage is not None:
         services = [s for s in services if s.get("lineage") == lineage]
-    return [deliver_service(s, plan=plan, state_dir=state_dir) for s in services]
+    if plan or not services:
+        return [deliver_service(s, plan=plan, state_dir=state_dir) for s in services]
+    with _locked(state_dir):
+        return [deliver_service(s, plan=plan, state_dir=state_dir) for s in services]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

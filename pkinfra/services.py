@@ -62,7 +62,7 @@ def service_entry(inventory: Inventory, host: HostSpec, svc: Service) -> dict[st
         if svc.notify.signal:
             notify.setdefault("process", svc.name)
     published = cert.is_acme and any(t.certificate == cert.name for t in host.tlsa)
-    return {
+    entry: dict[str, Any] = {
         "name": svc.name,
         "certificate": cert.name,
         "lineage": cert.name if cert.is_acme else None,
@@ -82,6 +82,12 @@ def service_entry(inventory: Inventory, host: HostSpec, svc: Service) -> dict[st
         ],
         "notify": notify,
     }
+    if not svc.files:
+        # No copies: the service reads the certificate where it lives (certbot's live/ links or
+        # pkinfra's directory) and the agent tells it when that certificate changes.
+        files = certificate_files(cert)
+        entry["in_place"] = {"cert": files["cert"], "key": files["key"]}
+    return entry
 
 
 def mapping(inventory: Inventory, host: HostSpec) -> dict[str, Any]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,12 +123,12 @@ def test_failed_notification_stays_pending_and_is_retried(site: dict[str, Any]) 
     failed = run(site)
     assert failed.error == "'echo 'config broken' >&2; exit 3' failed (exit 3): config broken"
     assert (site["out"] / "key.pem").exists(), "the new, valid files stay"
-    assert (site["state"] / "svc").exists()
+    assert (site["state"] / "pending" / "svc").exists()
 
     site["service"]["notify"] = {"command": f"echo x >> {site['marker']}"}
     retried = run(site)
     assert retried.changed == [] and retried.notified and notifications(site) == 1
-    assert not (site["state"] / "svc").exists()
+    assert not (site["state"] / "pending" / "svc").exists()
 
 
 @pytest.fixture
@@ -174,7 +176,7 @@ def test_no_signal_to_a_process_it_does_not_own(
     result = run(site)
     assert result.error is not None and f"names pid {proc.pid} (sh), not 'nginx'" in result.error
     assert proc.poll() is None and not got.exists()
-    assert (site["state"] / "svc").exists(), "still pending for the next run"
+    assert (site["state"] / "pending" / "svc").exists(), "still pending for the next run"
 
 
 def test_stale_or_missing_pidfile(
@@ -190,7 +192,7 @@ def test_stale_or_missing_pidfile(
     result = run(site)
     assert "stale pidfile" in (result.error or "") and "no signal sent" in (result.error or "")
     assert proc.poll() is None and not got.exists()
-    assert (site["state"] / "svc").exists(), "still pending for the next run"
+    assert (site["state"] / "pending" / "svc").exists(), "still pending for the next run"
     # Missing while such a process runs: the pidfile path is wrong; nothing is signalled.
     pidfile.unlink()
     site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
@@ -222,7 +224,7 @@ def test_service_not_started_yet_is_not_an_error(site: dict[str, Any], tmp_path:
     result = run(site)
     assert result.error is None
     assert result.notified == f"{name} is not running; nothing to signal"
-    assert not (site["state"] / "svc").exists()
+    assert not (site["state"] / "pending" / "svc").exists()
 
 
 def test_key_change_waits_for_the_gate(site: dict[str, Any]) -> None:
@@ -289,3 +291,164 @@ def test_a_restart_that_leaves_a_daemon_behind_does_not_hang(site: dict[str, Any
     result = run(site)
     assert result.notified == "ran 'sleep 30 & echo restarted'"
     assert time.monotonic() - start < 20
+
+
+# -- pidfiles -----------------------------------------------------------------------------------
+
+
+def run_agent(
+    mapping: dict[str, Any],
+    state: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 20,
+) -> subprocess.CompletedProcess[str]:
+    """The agent as the host runs it: the one file, standalone, in its own process."""
+    path = state.parent / "services.json"
+    path.write_text(json.dumps(mapping))
+    return subprocess.run(
+        [
+            sys.executable,
+            delivery.__file__,
+            "--mapping",
+            str(path),
+            "--state-dir",
+            str(state),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def pidfile_kinds(tmp_path: Path, pidfile: Path, kind: str) -> Path:
+    if kind == "fifo":
+        path = tmp_path / "fifo.pid"
+        os.mkfifo(path)
+        return path
+    if kind == "symlink":
+        path = tmp_path / "link.pid"
+        path.symlink_to(pidfile)  # to the right pid: only the link itself is wrong
+        return path
+    return Path("/dev/zero")
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [("fifo", "a FIFO"), ("symlink", "a symbolic link"), ("devzero", "a character device")],
+)
+def test_pidfile_that_is_not_a_regular_file_is_refused_at_once(
+    site: dict[str, Any],
+    tmp_path: Path,
+    hup_process: tuple[subprocess.Popen[bytes], Path, Path],
+    kind: str,
+    says: str,
+) -> None:
+    proc, good, got = hup_process
+    pidfile = pidfile_kinds(tmp_path, good, kind)
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
+    start = time.monotonic()
+    done = run_agent(site["mapping"], site["state"], timeout=20)
+    assert time.monotonic() - start < 15
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"pkinfra-deliver: svc: pidfile {pidfile} is {says}, not a regular file; no signal sent"
+    ]
+    assert proc.poll() is None and not got.exists()
+    assert (site["state"] / "pending" / "svc").exists(), "still owed: retried by the next run"
+
+
+@pytest.mark.parametrize(
+    ("text", "pid"),
+    [
+        (b"4242\n", 4242),
+        (b"4242", 4242),
+        (b"      4242\n", 4242),  # Postfix's master.pid
+        (b"4242\n/var/lib/postgresql/15/main\n" + b"x" * 200, 4242),  # postmaster.pid
+        (b"", None),
+        (b"\n4242\n", None),
+        (b"-1\n", None),
+        (b"0\n", None),
+        (b"42 43\n", None),
+        (b"4242x\n", None),
+        (b"99999999\n", None),
+        (b" " * 70 + b"4242\n", None),
+        (b"4" * 80, None),
+    ],
+)
+def test_pidfile_holds_one_decimal_pid_on_its_first_line(
+    tmp_path: Path, text: bytes, pid: int | None
+) -> None:
+    pidfile = tmp_path / "x.pid"
+    pidfile.write_bytes(text)
+    if pid is None:
+        with pytest.raises(delivery.DeliveryError, match="pid"):
+            delivery.read_pidfile(pidfile)
+    else:
+        assert delivery.read_pidfile(pidfile) == (pid, 0)
+    assert delivery.read_pidfile(tmp_path / "none.pid") is None
+
+
+def test_pidfile_owned_by_another_user_or_writable_by_anyone_is_refused(
+    site: dict[str, Any], hup_process: tuple[subprocess.Popen[bytes], Path, Path]
+) -> None:
+    proc, pidfile, got = hup_process
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(pidfile, nobody, -1)  # the shell runs as root: nobody may not point at it
+    error = run(site).error or ""
+    assert f"belongs to uid {nobody}, neither root nor the uid of pid {proc.pid}" in error
+    os.chown(pidfile, 0, -1)
+    pidfile.chmod(0o646)
+    assert run(site).error == f"pidfile {pidfile} is writable by anyone; no signal sent"
+    assert proc.poll() is None and not got.exists()
+    pidfile.chmod(0o644)
+    assert run(site).notified == f"SIGHUP to sh (pid {proc.pid})"
+    assert wait_for(got)
+
+
+def test_pidfile_owned_by_the_process_user(site: dict[str, Any], tmp_path: Path) -> None:
+    # A daemon that drops privileges writes its own pidfile (PostgreSQL's is postgres').
+    proc = subprocess.Popen(
+        ["sleep", "30"],
+        user="nobody",
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
+    try:
+        pidfile = tmp_path / "sleep.pid"
+        pidfile.write_text(f"{proc.pid}\n")
+        os.chown(pidfile, pwd.getpwnam("nobody").pw_uid, -1)
+        site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sleep"}
+        assert run(site).notified == f"SIGHUP to sleep (pid {proc.pid})"
+        assert proc.wait(timeout=5) == -signal.SIGHUP
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_process_gone_between_check_and_signal_gets_no_signal(
+    site: dict[str, Any],
+    hup_process: tuple[subprocess.Popen[bytes], Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proc, pidfile, got = hup_process
+    check, kill = delivery._check_identity, os.kill
+
+    def then_gone(pid: int, *args: Any) -> None:
+        check(pid, *args)
+        kill(proc.pid, signal.SIGKILL)
+        proc.wait()  # reaped: its pid may be anyone's now
+
+    def no_kill(*args: Any) -> None:
+        raise AssertionError("signals go through the pidfd, never by pid")
+
+    monkeypatch.setattr(delivery, "_check_identity", then_gone)
+    monkeypatch.setattr(os, "kill", no_kill)
+    site["service"]["notify"] = {"signal": "HUP", "pidfile": str(pidfile), "process": "sh"}
+    result = run(site)
+    assert result.notified is None or "nothing to signal" in result.notified
+    assert "stale" in (result.notified or result.error or "")
+    assert not got.exists()
