@@ -16,7 +16,7 @@ lab-status: setup
 	$(PY) -m lab status
 
 demo: lab-up
-	.venv/bin/pyinfra -y inventory.py deploys/site.py
+	.venv/bin/pyinfra -y inventory.py lab/site.py
 
 lint: setup
 	.venv/bin/ruff check .

@@ -1,4 +1,6 @@
-"""The lab's hosts, reached as Docker containers (mon1 over SSH, as production hosts are).
+"""The lab's hosts. Managed hosts are reached as production hosts are: over SSH, as a non-root
+user with passwordless sudo (``_sudo``); only the lab's own infrastructure (the validating
+resolver, the ACME server) is reached with ``@docker/``.
 
 A production inventory has the same shape: hosts in groups, each with its ``fqdn`` and its
 pkinfra fields, settings in ``group_data/all.py``. The last line validates all of it before
@@ -12,9 +14,23 @@ from pkinfra.model import load_or_exit
 _here = Path(__file__).resolve().parent
 _lab = _here / ".lab"
 
+
+def _ssh(address: str) -> dict[str, object]:
+    """How pyinfra reaches a lab host: SSH as ``ops`` (strict host keys), then sudo."""
+    return {
+        "address": address,
+        "ssh_hostname": address,
+        "ssh_user": "ops",
+        "ssh_key": str(_lab / "ssh" / "id_ed25519"),
+        "ssh_known_hosts_file": str(_lab / "ssh" / "known_hosts"),
+        "ssh_strict_host_key_checking": "yes",
+        "_sudo": True,
+    }
+
+
 dns = [
-    ("@docker/pkinfra-ns1", {"fqdn": "ns1.example.test", "address": "172.29.53.10"}),
-    ("@docker/pkinfra-ns2", {"fqdn": "ns2.example.test", "address": "172.29.53.11"}),
+    ("ns1.example.test", {"fqdn": "ns1.example.test", **_ssh("172.29.53.10")}),
+    ("ns2.example.test", {"fqdn": "ns2.example.test", **_ssh("172.29.53.11")}),
 ]
 
 # Lab-only infrastructure: the validating resolver every lab host uses, and Pebble (ACME).
@@ -27,10 +43,10 @@ acme_servers = [
 
 web = [
     (
-        "@docker/pkinfra-web1",
+        "web1.example.test",
         {
             "fqdn": "web1.example.test",
-            "address": "172.29.53.20",
+            **_ssh("172.29.53.20"),
             "records": [
                 {"name": "www.example.test", "type": "CNAME", "value": "web1.example.test."}
             ],
@@ -61,10 +77,10 @@ web = [
 
 mail = [
     (
-        "@docker/pkinfra-mx1",
+        "mx1.example.test",
         {
             "fqdn": "mx1.example.test",
-            "address": "172.29.53.25",
+            **_ssh("172.29.53.25"),
             "records": [{"name": "example.test", "type": "MX", "value": "10 mx1.example.test."}],
             "certificates": [
                 {
@@ -82,10 +98,8 @@ mail = [
                         {"path": "/etc/postfix/tls/mail.crt", "content": "fullchain"},
                         {"path": "/etc/postfix/tls/mail.key", "content": "key"},
                     ],
-                    # Reload only a running Postfix: a stopped one reads the files when it starts.
-                    "notify": {
-                        "command": "if postfix status >/dev/null 2>&1; then postfix reload; fi"
-                    },
+                    # try-: a stopped Postfix reads the files when it starts.
+                    "notify": {"command": "systemctl try-reload-or-restart postfix"},
                 },
             ],
             "tlsa": [{"port": 25, "certificate": "mail"}],
@@ -95,10 +109,10 @@ mail = [
 
 db = [
     (
-        "@docker/pkinfra-db1",
+        "db1.example.test",
         {
             "fqdn": "db1.example.test",
-            "address": "172.29.53.30",
+            **_ssh("172.29.53.30"),
             "certificates": [
                 {"name": "postgres", "names": ["db1.example.test"], "issuer": "duckcorp"},
                 {
@@ -152,7 +166,7 @@ db = [
                     "name": "backup-agent",
                     "certificate": "backup",
                     "files": [{"path": "/etc/backup-agent/tls.pem", "content": "combined"}],
-                    "notify": {"restart": "/usr/local/sbin/lab-backup-agent restart"},
+                    "notify": {"restart": "systemctl restart lab-backup-agent"},
                 },
             ],
             "tlsa": [{"port": 5432, "certificate": "postgres"}],
@@ -165,12 +179,7 @@ monitoring = [
         "mon1.example.test",
         {
             "fqdn": "mon1.example.test",
-            "address": "172.29.53.40",
-            "ssh_hostname": "172.29.53.40",
-            "ssh_user": "root",
-            "ssh_key": str(_lab / "ssh" / "id_ed25519"),
-            "ssh_known_hosts_file": str(_lab / "ssh" / "known_hosts"),
-            "ssh_strict_host_key_checking": "yes",
+            **_ssh("172.29.53.40"),
             "certificates": [
                 {
                     "name": "monitoring",

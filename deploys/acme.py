@@ -17,9 +17,10 @@ from io import StringIO
 from pathlib import Path
 
 from pyinfra.api import DeployError
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
 from operations import acme as acme_ops
+from operations import system
 from operations.context import inventory, this_host, track_certificate_op
 from pkinfra import acme
 
@@ -58,7 +59,7 @@ if certificates:
     if settings is None:
         raise DeployError(f"pkinfra: {spec.fqdn} has ACME certificates but no acme settings")
     http01 = [c for c in certificates if c.challenge == "http-01"]
-    apt.packages(name="certbot", packages=["certbot", "python3-dnspython"], update=False)
+    system.packages(name="certbot", packages=["certbot", "python3-dnspython"])
     # Debian's timer and cron job already start renewals at a random time; certbot's own
     # extra sleep (up to 8 minutes whenever stdin is not a terminal) only delays a renewal
     # started by hand or by a test.
@@ -74,7 +75,7 @@ if certificates:
         if not bundle.is_file():
             raise DeployError(
                 f"pkinfra: acme.ca_bundle {bundle} does not exist (in the lab, the Pebble deploy"
-                " on the acme_servers group makes it: run deploys/site.py without --limit once)"
+                " on the acme_servers group makes it: run lab/site.py without --limit once)"
             )
         acme_ops.server_trust(
             name="Trust the ACME server's TLS CA",

@@ -6,8 +6,8 @@ package operation is a no-op there, as on a prepared production host.
 
 from pyinfra import host
 from pyinfra.facts.server import Hostname, LinuxDistribution
-from pyinfra.operations import apt
 
+from operations import system
 from operations.context import this_host
 
 BASE_PACKAGES = [
@@ -26,4 +26,4 @@ hostname = host.get_fact(Hostname)
 if hostname not in (spec.fqdn, spec.fqdn.split(".")[0]):
     host.noop(f"{spec.fqdn}: the host calls itself '{hostname}'")
 
-apt.packages(name="Base packages for pkinfra", packages=BASE_PACKAGES, update=False)
+system.packages(name="Base packages for pkinfra", packages=BASE_PACKAGES)

@@ -3,19 +3,18 @@
 Everything is derived from the WHOLE inventory (also under ``--limit``): the primary gets every
 zone, every delegating host's key and grant; each secondary the transfer key and the zone list;
 each host with delegations its own key (``/etc/pkinfra/tsig.key``, 0600 root). Keys are made on
-the controller under the inventory's ``secrets_dir`` and never printed. Ends with
-``deploys/resolver.py`` (the lab resolver), so one include in site.py runs both, in order.
+the controller under the inventory's ``secrets_dir`` and never printed.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from pyinfra import local, logger
+from pyinfra import logger
 from pyinfra.api import DeployError
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
-from operations import dns
+from operations import dns, system
 from operations.context import inventory, this_host
 from pkinfra import publication, tsig, zones
 from pkinfra.model import Inventory
@@ -68,7 +67,7 @@ layout = zones.Layout()
 server = site.server(spec.fqdn)
 
 if server is not None:
-    apt.packages(name="BIND", packages=["bind9", "bind9-utils", "bind9-dnsutils"], update=False)
+    system.packages(name="BIND", packages=["bind9", "bind9-utils", "bind9-dnsutils"])
     files.directory(
         name="TSIG key directory", path=layout.key_dir, user="root", group="bind", mode="2750"
     )
@@ -133,6 +132,3 @@ dns.rotation_recorded(
     secrets_dir=str(inv.secrets_dir),
     fqdn=spec.fqdn if rotating else None,
 )
-
-# The lab's validating resolver (hosts of group "resolvers") follows the servers it asks.
-local.include("deploys/resolver.py")

@@ -1,9 +1,11 @@
 """The lab network and containers: create, start, inspect, fix up and remove them.
 
-Containers run `sleep infinity` under Docker's init (so daemons started through `docker exec`
-are reaped), attached only to the internal network with a static address. What Docker resets
-when a container (re)starts, `/etc/resolv.conf` above all, is put right by `prepare` on every
-`lab up`.
+Managed hosts (`SSH_ROLES`) run systemd as PID 1, as production hosts do; it works without
+`--privileged` given tmpfs on /run and /run/lock and the host's cgroups read-only. The lab-only
+infrastructure runs `sleep infinity` under Docker's init (so daemons started through `docker exec`
+are reaped). Every container is attached only to the internal network with a static address.
+What Docker resets when a container (re)starts, `/etc/resolv.conf` above all, is put right by
+`prepare` on every `lab up`.
 """
 
 from __future__ import annotations
@@ -27,17 +29,33 @@ from lab.topology import (
     LABEL_ROLE,
     LABEL_SPEC,
     NETWORK,
+    SSH_ROLES,
+    SSH_USER,
     SUBNET,
+    UNITS,
     container_name,
     hostname,
     resolv_conf,
 )
 
+#: The command of lab-only infrastructure containers (no systemd: daemons started by hand).
 COMMAND: Final = ["sleep", "infinity"]
+#: The command of managed hosts: systemd, stopped by SIGRTMIN+3 (its orderly shutdown).
+SYSTEMD_COMMAND: Final = ["/sbin/init"]
+SYSTEMD_STOP_SIGNAL: Final = "SIGRTMIN+3"
+SYSTEMD_TMPFS: Final = {"/run": "rw,exec,mode=755", "/run/lock": "rw,mode=1777"}
+SYSTEMD_BINDS: Final = ["/sys/fs/cgroup:/sys/fs/cgroup:ro"]
+
+
+def command_of(role: str) -> list[str]:
+    """What a role's container runs as PID 1 (Docker's init in front of `sleep` otherwise)."""
+    return SYSTEMD_COMMAND if role in SSH_ROLES else COMMAND
+
 
 # One `docker exec` per container and `lab up`; it only changes what is not right already and
 # prints one word per change. The snakeoil pair was deleted from the image: each container makes
-# its own. $1 = resolv.conf content, $2 = authorized key ("" for hosts without sshd).
+# its own. $1 = resolv.conf content, $2 = authorized key ("" for hosts without sshd), $3 = the
+# SSH user, $4 = the units the site's admin runs on this host (space-separated).
 _PREPARE_SCRIPT: Final = """\
 set -eu
 if ! printf '%s' "$1" | cmp -s - /etc/resolv.conf; then
@@ -51,22 +69,36 @@ if [ ! -s /etc/ssl/private/ssl-cert-snakeoil.key ]; then
     echo snakeoil
 fi
 [ -n "$2" ] || exit 0
+# systemd is PID 1 here: wait (bounded) until it has finished starting up.
+for _ in $(seq 1 100); do
+    state=$(systemctl is-system-running 2>/dev/null || true)
+    case "$state" in initializing|starting|"") sleep 0.1 ;; *) break ;; esac
+done
 if [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then
     ssh-keygen -A >/dev/null
     echo host-keys
 fi
+home=$(getent passwd "$3" | cut -d: -f6)
 umask 077
-mkdir -p /root/.ssh
-if ! printf '%s\\n' "$2" | cmp -s - /root/.ssh/authorized_keys 2>/dev/null; then
-    printf '%s\\n' "$2" >/root/.ssh/authorized_keys
+mkdir -p "$home/.ssh"
+if ! printf '%s\\n' "$2" | cmp -s - "$home/.ssh/authorized_keys" 2>/dev/null; then
+    printf '%s\\n' "$2" >"$home/.ssh/authorized_keys"
     echo authorized_keys
 fi
-chmod 0600 /root/.ssh/authorized_keys
-if ! pgrep -x sshd >/dev/null; then
-    mkdir -p /run/sshd
-    /usr/sbin/sshd </dev/null >/dev/null 2>&1
-    echo sshd
-fi
+chown -R "$3:$3" "$home/.ssh"
+chmod 0700 "$home/.ssh"
+chmod 0600 "$home/.ssh/authorized_keys"
+for unit in ssh $4; do
+    if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+        systemctl enable --quiet "$unit" 2>/dev/null
+        echo "enable-$unit"
+    fi
+    if ! systemctl is-active --quiet "$unit"; then
+        systemctl reset-failed "$unit" 2>/dev/null || true
+        systemctl start "$unit" || { systemctl status --no-pager "$unit" >&2 || true; exit 1; }
+        echo "start-$unit"
+    fi
+done
 printf 'host-key %s\\n' "$(cat /etc/ssh/ssh_host_ed25519_key.pub)"
 """
 
@@ -83,11 +115,12 @@ def container_spec(role: str, image_tag: str) -> str:
     """A hash of everything a role's container is created with; a change means recreate."""
     spec = {
         "image": image_tag,
-        "command": COMMAND,
+        "command": command_of(role),
         "hostname": hostname(role),
         "network": NETWORK,
         "address": HOSTS[role],
-        "init": True,
+        "init": role not in SSH_ROLES,
+        "systemd": role in SSH_ROLES,
     }
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
@@ -204,13 +237,19 @@ def create_container(client: Any, role: str, image_tag: str, image_digest: str) 
     name = container_name(role)
     api = client.api
     with docker_step(f"creating container {name}"):
-        host_config = api.create_host_config(init=True, network_mode=NETWORK)
+        if role in SSH_ROLES:
+            host_config = api.create_host_config(
+                network_mode=NETWORK, tmpfs=SYSTEMD_TMPFS, binds=SYSTEMD_BINDS
+            )
+        else:
+            host_config = api.create_host_config(init=True, network_mode=NETWORK)
         networking_config = api.create_networking_config(
             {NETWORK: api.create_endpoint_config(ipv4_address=HOSTS[role])}
         )
         created = api.create_container(
             image_tag,
-            command=COMMAND,
+            command=command_of(role),
+            stop_signal=SYSTEMD_STOP_SIGNAL if role in SSH_ROLES else None,
             name=name,
             hostname=hostname(role),
             labels={
@@ -257,11 +296,13 @@ def exec_checked(container: Any, command: list[str], what: str) -> str:
     return text
 
 
-def prepare(container: Any, authorized_key: str | None) -> Prepared:
-    """Put resolv.conf, the snakeoil pair and (for SSH hosts) sshd right in a running container."""
+def prepare(container: Any, role: str, authorized_key: str | None) -> Prepared:
+    """Put resolv.conf, the snakeoil pair and (for SSH hosts) the SSH user, sshd and the role's
+    daemons right in a running container."""
+    units = " ".join(UNITS.get(role, ()))
     output = exec_checked(
         container,
-        ["sh", "-c", _PREPARE_SCRIPT, "sh", resolv_conf(), authorized_key or ""],
+        ["sh", "-c", _PREPARE_SCRIPT, "sh", resolv_conf(), authorized_key or "", SSH_USER, units],
         "preparing the container",
     )
     changes: list[str] = []

@@ -23,7 +23,14 @@ from typing import Any, Final
 from docker.errors import ImageNotFound, NotFound
 
 from lab.engine import LabError, docker_step, say
-from lab.topology import BASE_REPOSITORY, DOMAIN, LAB_DIR, LAB_REPOSITORY, LABEL_IMAGE
+from lab.topology import (
+    BASE_REPOSITORY,
+    DOMAIN,
+    LAB_DIR,
+    LAB_REPOSITORY,
+    LABEL_IMAGE,
+    SSH_USER,
+)
 
 SUITE: Final = "bookworm"
 MIRROR: Final = "http://deb.debian.org/debian"
@@ -55,6 +62,11 @@ PACKAGES: Final = (
     "curl",
     "cron",
     "ssl-cert",
+    # Production shape: systemd as PID 1 on managed hosts, reached as a sudo user.
+    "systemd",
+    "systemd-sysv",
+    "sudo",
+    "acl",
 )
 
 #: `docker import` changes: an imported tarball has no environment or command of its own.
@@ -96,12 +108,27 @@ apt-get -y -o Dpkg::Options::=--force-confold install --no-install-recommends {p
 postconf -X myhostname
 postconf -e 'mydestination = $myhostname, localhost.$mydomain, localhost'
 cat >/etc/ssh/sshd_config.d/pkinfra-lab.conf <<EOF
-PermitRootLogin prohibit-password
+PermitRootLogin no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UseDNS no
 EOF
 rm -f /etc/ssh/ssh_host_*
+# SFTP sessions logged (to the journal): a lab test reads where uploads were staged.
+sftp='Subsystem sftp /usr/lib/openssh/sftp-server -l INFO'
+sed -E -i "s|^Subsystem[[:space:]]+sftp[[:space:]].*|$sftp|" /etc/ssh/sshd_config
+grep -qx "$sftp" /etc/ssh/sshd_config
+# The site's admin: a non-root login with passwordless sudo (pyinfra connects as it, `_sudo`).
+useradd --create-home --shell /bin/bash {ssh_user}
+printf '{ssh_user} ALL=(ALL:ALL) NOPASSWD: ALL\n' >/etc/sudoers.d/{ssh_user}
+chmod 0440 /etc/sudoers.d/{ssh_user}
+# Daemons are installed everywhere but run only where `lab up` enables them (lab.topology.UNITS);
+# sshd too, which can only start once `lab up` has made the container's own host keys.
+systemctl disable ssh named unbound nginx postfix postgresql >/dev/null 2>&1
+# No way out of the lab network: timers that fetch from the internet could only fail, and
+# apt-daily would hold the package lock in the middle of a deploy.
+systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+    e2scrub_reap.service getty@tty1.service console-getty.service >/dev/null 2>&1
 rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
 if [ -s /etc/machine-id ]; then : >/etc/machine-id; fi
 rm -f /var/lib/dbus/machine-id
@@ -144,12 +171,13 @@ def build_script() -> str:
         suite=SUITE,
         domain=DOMAIN,
         packages=" ".join(PACKAGES),
+        ssh_user=SSH_USER,
     )
 
 
 def lab_commit_config(digest: str) -> dict[str, Any]:
     """The container config committed into the lab image."""
-    return {"Cmd": ["sleep", "infinity"], "Labels": {LABEL_IMAGE: digest}}
+    return {"Cmd": ["/sbin/init"], "StopSignal": "SIGRTMIN+3", "Labels": {LABEL_IMAGE: digest}}
 
 
 def base_spec() -> ImageSpec:

@@ -150,7 +150,9 @@ def up() -> LabStatus:
         host_keys: dict[str, str] = {}
         for role, address in HOSTS.items():
             container = _ensure_container(client, role, existing.get(container_name(role)), image)
-            prepared = containers.prepare(container, public_key if role in SSH_ROLES else None)
+            prepared = containers.prepare(
+                container, role, public_key if role in SSH_ROLES else None
+            )
             if prepared.changes:
                 say(f"{container.name}: set up {', '.join(prepared.changes)}")
             if prepared.host_key:

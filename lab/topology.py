@@ -42,8 +42,22 @@ HOSTS: Final[dict[str, str]] = {
 }
 #: The address every container's /etc/resolv.conf names (with `options trust-ad`).
 RESOLVER: Final = HOSTS["resolver"]
-#: Roles that run sshd and are reached by pyinfra over SSH (the others use `@docker/`).
-SSH_ROLES: Final = ("mon1",)
+#: Managed hosts, as on a production site: systemd as PID 1, sshd, reached by pyinfra over SSH
+#: as `SSH_USER` with passwordless sudo. The other roles are lab-only infrastructure (the
+#: validating resolver, the ACME server): plain containers reached with `@docker/`.
+SSH_ROLES: Final = ("ns1", "ns2", "web1", "mx1", "db1", "mon1")
+#: The non-root login on every SSH host; `sudo` without a password, as a site's admin sets up.
+SSH_USER: Final = "ops"
+#: The daemons the site's admin runs on each managed host (enabled at `lab up`, as Debian's
+#: packages would have them); the image has them all installed and disabled.
+UNITS: Final[dict[str, tuple[str, ...]]] = {
+    "ns1": ("named",),
+    "ns2": ("named",),
+    "web1": ("nginx",),
+    "mx1": ("postfix",),
+    "db1": ("postgresql",),
+    "mon1": (),
+}
 
 #: Labels on everything `lab up` makes; `lab down` removes what carries LABEL_LAB.
 LABEL_LAB: Final = "pkinfra.lab"
@@ -69,3 +83,9 @@ def hostname(role: str) -> str:
 def resolv_conf() -> str:
     """The exact /etc/resolv.conf of every lab container."""
     return f"nameserver {RESOLVER}\noptions trust-ad\n"
+
+
+def pyinfra_name(role: str) -> str:
+    """The host's name in the lab inventory: its FQDN for a managed (SSH) host, else
+    `@docker/<container>`."""
+    return hostname(role) if role in SSH_ROLES else f"@docker/{container_name(role)}"

@@ -20,6 +20,7 @@ from pyinfra.api import FunctionCommand, OperationError, StringCommand, operatio
 from pyinfra.api.command import FileUploadCommand
 from typing_extensions import override
 
+from operations.context import run_on_host, upload_to_host
 from operations.facts import (
     CertbotAccounts,
     CertbotLineage,
@@ -218,11 +219,18 @@ def nginx(reload: bool = False, pid: int | None = None):
     if running and not reload:
         host.noop(f"nginx is running (pid {running})")
         return
+    # Under systemd, through its unit (MainPID kept on reload); elsewhere nginx itself, whose
+    # daemonized output must not keep the connector's exec open.
     if running:
-        yield "nginx -t -q && nginx -s reload"
+        yield (
+            "nginx -t -q && if [ -d /run/systemd/system ]; then systemctl reload nginx;"
+            " else nginx -s reload; fi"
+        )
     else:
-        # nginx daemonizes; its output must not keep the connector's exec open.
-        yield "nginx -t -q && nginx >/dev/null 2>&1"
+        yield (
+            "nginx -t -q && if [ -d /run/systemd/system ]; then systemctl start nginx;"
+            " else nginx >/dev/null 2>&1; fi"
+        )
 
 
 # -- lab: Pebble ----------------------------------------------------------------------------------
@@ -237,8 +245,8 @@ def _fail(state: Any, host: Any, message: str) -> bool:
 def _sign_server(state: Any, host: Any, directory: str, names: list[str], bundle: str) -> bool:
     """Execution time: a CSR made on the host with its key, signed by the lab CA here."""
     key = f"{directory}/key.pem"
-    ok, output = host.run_shell_command(
-        StringCommand(f"openssl req -new -key {q(key)} -subj {q('/CN=' + names[0])}"),
+    ok, output = run_on_host(
+        state, host, StringCommand(f"openssl req -new -key {q(key)} -subj {q('/CN=' + names[0])}")
     )
     if not ok:
         return _fail(state, host, f"ACME server certificate: cannot make a CSR with {key}")
@@ -248,10 +256,12 @@ def _sign_server(state: Any, host: Any, directory: str, names: list[str], bundle
     except acme.AcmeError as exc:
         return _fail(state, host, f"ACME server certificate: {exc}")
     staged = f"{directory}/.cert.pem.pkinfra-new"
-    if not host.put_file(BytesIO(cert), staged):
+    if not upload_to_host(state, host, BytesIO(cert), staged):
         return _fail(state, host, f"ACME server certificate: cannot upload {staged}")
-    ok, _ = host.run_shell_command(
-        StringCommand(f"chmod 0644 {q(staged)} && mv -f {q(staged)} {q(directory)}/cert.pem")
+    ok, _ = run_on_host(
+        state,
+        host,
+        StringCommand(f"chmod 0644 {q(staged)} && mv -f {q(staged)} {q(directory)}/cert.pem"),
     )
     return bool(ok) or _fail(state, host, f"ACME server certificate: cannot install in {directory}")
 

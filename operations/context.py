@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import DeployError
+from pyinfra.api import DeployError, StringCommand
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
 from pkinfra.model import HostSpec, Inventory, active
 
@@ -48,3 +50,104 @@ def announce(message: str) -> None:
     """Say why an operation changes something (printed by runs and ``--dry`` alike)."""
     prefix = getattr(host, "print_prefix", f"[{host.name}] ")
     logger.info(f"{prefix}{message}")
+
+
+# -- commands run at execution time ------------------------------------------------------------
+# pyinfra hands a FunctionCommand's body no connector arguments, so a command it runs on the
+# host would run without ``_sudo`` (or ``_su_user``...). These take them from the operation being
+# executed, which is what every other command of that operation runs with.
+
+
+def connector_arguments(target: Any) -> dict[str, Any]:
+    """The connector arguments (``_sudo``, ``_sudo_user``, ``_su_user``, ...) in force for the
+    operation ``target`` (a pyinfra Host) is executing; empty outside an operation."""
+    arguments = getattr(target, "current_op_global_arguments", None) or {}
+    return {k: v for k, v in arguments.items() if k in CONNECTOR_ARGUMENT_KEYS}
+
+
+def run_on_host(state: Any, target: Any, command: str | StringCommand) -> tuple[bool, Any]:
+    """Run ``command`` on ``target`` as the current operation's commands run (sudo included)."""
+    if isinstance(command, str):
+        command = StringCommand(command)
+    return target.run_shell_command(
+        command,
+        print_output=state.print_output,
+        print_input=state.print_input,
+        **connector_arguments(target),
+    )
+
+
+def upload_to_host(state: Any, target: Any, data: Any, path: str, **extra: Any) -> bool:
+    """Upload ``data`` (a file name or file object) to ``path`` on ``target`` as the current
+    operation's commands run (sudo included)."""
+    return bool(
+        target.put_file(
+            data,
+            path,
+            print_output=state.print_output,
+            print_input=state.print_input,
+            **{**connector_arguments(target), **extra},
+        )
+    )
+
+
+#: Connector arguments that run a command as another user than the SSH login.
+_ESCALATION = (
+    "_sudo",
+    "_sudo_user",
+    "_use_sudo_login",
+    "_sudo_password",
+    "_preserve_sudo_env",
+    "_su_user",
+    "_use_su_login",
+    "_preserve_su_env",
+    "_su_shell",
+    "_su_password",
+    "_doas",
+    "_doas_user",
+    "_dzdo",
+    "_dzdo_user",
+)
+
+
+def upload_private_to_host(state: Any, target: Any, src: Any, dest: str) -> bool:
+    """Upload a secret to ``dest`` (an existing 0600 file, whose mode the copy keeps) such that
+    no other user of the host can read it on the way.
+
+    With sudo (or su, doas, dzdo), pyinfra's upload stages the file in ``/tmp`` under a
+    predictable name with the SFTP server's default mode (0644 with the usual umask) before
+    copying it into place. Here the stage is a directory the login user makes with mode 0700
+    under a random name (``mkdir`` fails rather than reuse anything that exists), removed after.
+    """
+    arguments = connector_arguments(target)
+    if not any(arguments.get(key) for key in _ESCALATION):
+        return upload_to_host(state, target, src, dest)
+    plain = {k: v for k, v in arguments.items() if k not in _ESCALATION}
+    stage = f"/tmp/pkinfra-stage-{secrets.token_hex(12)}"
+
+    def as_login(*words: str) -> bool:
+        ok, _ = target.run_shell_command(
+            StringCommand(*words),
+            print_output=state.print_output,
+            print_input=state.print_input,
+            **plain,
+        )
+        return bool(ok)
+
+    if not as_login("mkdir", "-m", "0700", stage):
+        return False
+    try:
+        other = next(
+            (
+                arguments[k]
+                for k in ("_su_user", "_sudo_user", "_doas_user", "_dzdo_user")
+                if arguments.get(k)
+            ),
+            None,
+        )
+        # A non-root target user reads the staged file through the 0700 directory by ACL.
+        if other and not as_login("setfacl", "-m", f"u:{other}:x", stage):
+            return False
+        return upload_to_host(state, target, src, dest, remote_temp_filename=f"{stage}/upload")
+    finally:
+        as_login("rm", "-rf", stage)

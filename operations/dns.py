@@ -19,7 +19,7 @@ from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.api.command import FileUploadCommand
 from typing_extensions import override
 
-from operations.context import announce
+from operations.context import announce, upload_private_to_host
 from operations.facts import DirectoryFiles, FileDigest, ProcessId, ZoneHeader
 from operations.util import ownership_fixes, q
 from pkinfra import tsig
@@ -116,8 +116,20 @@ def secret_file(
     staged = path + STAGED
     # The empty 0600 file first: uploads that keep an existing file's mode never widen it.
     yield f"(umask 077 && rm -f {q(staged)} && : > {q(staged)})"
-    yield FileUploadCommand(src, staged)
+    # Not FileUploadCommand: with sudo, pyinfra's upload would stage the secret in /tmp with
+    # the SFTP server's default mode, where other users of the host could read it.
+    yield FunctionCommand(_upload_secret, (src, staged), {})
     yield _install(staged, path, owner, group, mode)
+
+
+def _upload_secret(state: Any, host: Any, src: str, staged: str) -> bool:
+    """Execution time: the secret into its 0600 staged file, never readable on the way."""
+    if upload_private_to_host(state, host, src, staged):
+        return True
+    host.log_styled(
+        f"pkinfra: cannot upload the secret to {staged}", fg="red", log_func=logger.error
+    )
+    return False
 
 
 def _make_key(state: Any, host: Any, src: str, name: str) -> bool:
@@ -147,7 +159,7 @@ def key_accepted(key_file: str | None, server: str, zone: str):
     .. code:: python
 
         dns.key_accepted(key_file="pki/secrets/mx1.example.test.next.key",
-                         server="172.29.53.10", zone="shadow.test")
+                         server="192.0.2.53", zone="shadow.test")
     """
     if key_file is None:
         host.noop("no TSIG key rotation under way")

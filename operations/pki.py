@@ -20,7 +20,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, operation
 
-from operations.context import announce
+from operations.context import announce, run_on_host, upload_to_host
 from operations.facts import DirectoryFiles, PkiDirInfo, PkiFiles, PrivateKey, RolloverState
 from operations.util import (
     GENPKEY_ARGS,
@@ -134,11 +134,11 @@ def _publish(state: Any, host: Any, path: str, read: Callable[[], bytes | None],
     if content is None:
         return _fail(state, host, f"{what}: the CA store has none")
     directory = path.rpartition("/")[0]
-    ok, _ = host.run_shell_command(StringCommand("mkdir", "-p", directory))
-    if not ok or not host.put_file(BytesIO(content), new_name(path)):
+    ok, _ = run_on_host(state, host, StringCommand("mkdir", "-p", directory))
+    if not ok or not upload_to_host(state, host, BytesIO(content), new_name(path)):
         return _fail(state, host, f"{what}: cannot write {path}")
-    ok, _ = host.run_shell_command(
-        f"chmod 0644 {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
+    ok, _ = run_on_host(
+        state, host, f"chmod 0644 {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
     )
     return bool(ok) or _fail(state, host, f"{what}: cannot rename into {path}")
 
@@ -578,11 +578,7 @@ def _issue(state: Any, host: Any, **kw: Any) -> bool:
     """Execution time: CSR made on the host, signed here, files written beside and renamed."""
     what = f"certificate {kw['cert_name']}"
     directory = kw["directory"]
-    ok, output = host.run_shell_command(
-        StringCommand(csr_command(directory, kw["names"][0])),
-        print_output=state.print_output,
-        print_input=state.print_input,
-    )
+    ok, output = run_on_host(state, host, StringCommand(csr_command(directory, kw["names"][0])))
     lines = output.stdout_lines
     if not ok or len(lines) < 3:
         return _fail(state, host, f"{what}: cannot make a CSR with {directory}/key.pem")
@@ -611,12 +607,10 @@ def _issue(state: Any, host: Any, **kw: Any) -> bool:
         "fullchain.pem": issued.fullchain_pem,
     }
     for name, content in files.items():
-        if not host.put_file(BytesIO(content), new_name(f"{directory}/{name}")):
+        if not upload_to_host(state, host, BytesIO(content), new_name(f"{directory}/{name}")):
             return _fail(state, host, f"{what}: cannot upload {name}")
-    ok, _ = host.run_shell_command(
-        StringCommand(install_command(directory, list(files), check_cert=True)),
-        print_output=state.print_output,
-        print_input=state.print_input,
+    ok, _ = run_on_host(
+        state, host, StringCommand(install_command(directory, list(files), check_cert=True))
     )
     if not ok:
         return _fail(
@@ -959,8 +953,10 @@ def _next_served(state: Any, host: Any, **kw: Any) -> bool:
             return True
         return _fail(state, host, f"key rollover: step 2 refused: {reason}")
     if kw.get("path"):
-        ok, _ = host.run_shell_command(
-            StringCommand(_write_state(kw["path"], kw["new_state"], time_field="served_since"))
+        ok, _ = run_on_host(
+            state,
+            host,
+            StringCommand(_write_state(kw["path"], kw["new_state"], time_field="served_since")),
         )
         if not ok:
             return _fail(state, host, f"key rollover: cannot write {kw['path']}")

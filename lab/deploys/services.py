@@ -5,18 +5,18 @@ its daemons its own way; pkinfra only places files and notifies).
   by CN), the CRLs of every CA in that chain; and a stand-in backup agent that has to be
   restarted to read a new certificate (``openssl s_server`` on port 9102).
 - mx1: Postfix with STARTTLS on port 25, DANE-ready (DNSSEC lookups, validating resolver).
-- web1: nginx on 443 with its ACME certificate: see deploys/lab_start.py (port 80 and the
+- web1: nginx on 443 with its ACME certificate: see lab/deploys/start.py (port 80 and the
   challenges: deploys/acme.py).
 
-Runs before deploys/services.py (configuration, and the restart script that a notification may
-call); deploys/lab_start.py starts what is not running once the files are in place.
+Runs before deploys/services.py (configuration, and the backup agent's unit that a notification
+restarts); lab/deploys/start.py starts what is not running once the files are in place.
 """
 
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, server
+from pyinfra.operations import files, server, systemd
 
 from operations.context import this_host
 from operations.util import q
@@ -43,18 +43,19 @@ PG_IDENT = """# pkinfra lab: certificate CN -> database role
 pkinfra  mon1.monitoring.example.test  monitoring
 """
 
-BACKUP_AGENT = """#!/bin/sh
-# pkinfra lab: a TLS service that reads its certificate only when it starts.
-set -e
-case "$1" in
-  restart|start)
-    pkill -f '^openssl s_server -accept 9102' || true
-    while pgrep -f '^openssl s_server -accept 9102' >/dev/null; do sleep 0.1; done
-    nohup openssl s_server -accept 9102 -cert /etc/backup-agent/tls.pem -quiet \\
-      </dev/null >/var/log/backup-agent.log 2>&1 &
-    ;;
-  *) echo "usage: $0 start|restart" >&2; exit 2 ;;
-esac
+BACKUP_AGENT_UNIT = """# pkinfra lab: a TLS service that reads its certificate only when it starts.
+[Unit]
+Description=Lab backup agent (stand-in: openssl s_server on 9102)
+After=network.target
+
+[Service]
+ExecStart=/usr/bin/openssl s_server -accept 9102 -cert /etc/backup-agent/tls.pem -quiet
+StandardInput=null
+StandardOutput=append:/var/log/backup-agent.log
+StandardError=inherit
+
+[Install]
+WantedBy=multi-user.target
 """
 
 POSTFIX = {
@@ -68,10 +69,6 @@ POSTFIX = {
     "smtp_tls_security_level": "dane",
     "maillog_file": "/var/log/postfix.log",
 }
-
-
-def answer(command: str) -> bool:
-    return host.get_fact(Command, f"{command} >/dev/null 2>&1 && echo yes || echo no") == "yes"
 
 
 if "postgresql" in services:
@@ -101,20 +98,20 @@ if "postgresql" in services:
             mode="640",
         ),
     ]
-    if answer("pgrep -x postgres"):
-        server.shell(
-            name="Reload PostgreSQL (configuration changed)",
-            commands=["pg_ctlcluster 15 main reload"],
-            _if=lambda: any(op.did_change() for op in changed),
-        )
+    server.shell(
+        name="Reload PostgreSQL (configuration changed)",
+        commands=["systemctl try-reload-or-restart postgresql"],
+        _if=lambda: any(op.did_change() for op in changed),
+    )
 
 if "backup-agent" in services:
-    files.put(
-        name="Backup agent (lab stand-in)",
-        src=StringIO(BACKUP_AGENT),
-        dest="/usr/local/sbin/lab-backup-agent",
-        mode="755",
+    unit = files.put(
+        name="Backup agent unit (lab stand-in)",
+        src=StringIO(BACKUP_AGENT_UNIT),
+        dest="/etc/systemd/system/lab-backup-agent.service",
+        mode="644",
     )
+    systemd.daemon_reload(name="systemd: units changed", _if=unit.did_change)
 
 if "postfix" in services:
     keys = list(POSTFIX)
@@ -129,5 +126,7 @@ if "postfix" in services:
             name="Postfix TLS settings",
             commands=["postconf -e " + " ".join(q(f"{k}={v}") for k, v in differ.items())],
         )
-        if answer("postfix status"):
-            server.shell(name="Reload Postfix (settings changed)", commands=["postfix reload"])
+        server.shell(
+            name="Reload Postfix (settings changed)",
+            commands=["systemctl try-reload-or-restart postfix"],
+        )

@@ -1,13 +1,14 @@
-"""The lab's daemons started where they are not running, after deploys/services.py has put
-their files in place (on a first run they start with their certificates already there); and
-nginx's HTTPS server on web1, enabled only once its certificate is delivered (nginx refuses to
-start with a server whose certificate file is missing)."""
+"""The lab's daemons running, after deploys/services.py has put their files in place: systemd
+units enabled and started where they are not (on a first run they start with their
+certificates already there), PostgreSQL's monitoring role, and nginx's HTTPS server on web1,
+enabled only once its certificate is delivered (nginx refuses to start with a server whose
+certificate file is missing)."""
 
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, server
+from pyinfra.operations import files, server, systemd
 
 from operations.context import this_host
 from operations.util import q
@@ -17,6 +18,18 @@ services = {s.name for s in spec.services}
 MONITORING_ROLE = (
     "DO $$BEGIN CREATE ROLE monitoring LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$"
 )
+ROLE_QUERY = "SELECT 1 FROM pg_roles WHERE rolname = 'monitoring'"
+
+
+def listens_on_all(port: int) -> bool:
+    """Whether a daemon listens on every address at ``port`` (not only on loopback)."""
+    sockets = host.get_fact(Command, f"ss -Hltn 'sport = :{port}' || true") or ""
+    return any(s.split()[3] in (f"0.0.0.0:{port}", f"*:{port}") for s in sockets.splitlines())
+
+
+# The daemons came up at boot with Debian's defaults (loopback only); the settings that make them
+# listen on the network (lab/deploys/services.py) take a restart, not a reload. Only now, after
+# the delivery, are the certificate files they name in place.
 
 
 NGINX_TLS = f"""# pkinfra lab: HTTPS with the files pkinfra delivers (see inventory.py, web1)
@@ -29,28 +42,36 @@ server {{
 }}
 """
 
+if "postgresql" in services:
+    systemd.service(
+        name="PostgreSQL running",
+        service="postgresql",
+        running=True,
+        enabled=True,
+        restarted=not listens_on_all(5432),
+    )
+    role = host.get_fact(Command, f"su postgres -c {q('psql -tAc ' + q(ROLE_QUERY))} || true")
+    if (role or "").strip() != "1":
+        server.shell(
+            name="PostgreSQL monitoring role",
+            commands=[f"su postgres -c {q('psql -q -c ' + q(MONITORING_ROLE))}"],
+        )
 
-def answer(command: str) -> bool:
-    return host.get_fact(Command, f"{command} >/dev/null 2>&1 && echo yes || echo no") == "yes"
-
-
-if "postgresql" in services and not answer("pgrep -x postgres"):
-    server.shell(
-        name="Start PostgreSQL",
-        commands=[
-            "pg_ctlcluster 15 main start >/var/log/postgresql/pkinfra-start.log 2>&1"
-            " || { cat /var/log/postgresql/pkinfra-start.log; exit 1; }",
-            f"su postgres -c {q('psql -q -c ' + q(MONITORING_ROLE))}",
-        ],
+if "backup-agent" in services:
+    systemd.service(
+        name="Backup agent running",
+        service="lab-backup-agent",
+        running=True,
+        enabled=True,
     )
 
-if "backup-agent" in services and not answer("pgrep -f '^openssl s_server -accept 9102'"):
-    server.shell(name="Start the backup agent", commands=["/usr/local/sbin/lab-backup-agent start"])
-
-if "postfix" in services and not answer("postfix status"):
-    server.shell(
-        name="Start Postfix",
-        commands=["postfix start >/dev/null 2>&1 || { tail -n 5 /var/log/postfix.log; exit 1; }"],
+if "postfix" in services:
+    systemd.service(
+        name="Postfix running",
+        service="postfix",
+        running=True,
+        enabled=True,
+        restarted=not listens_on_all(25),
     )
 
 if "nginx" in services:
@@ -60,12 +81,9 @@ if "nginx" in services:
         dest="/etc/nginx/sites-enabled/pkinfra-tls",
         mode="644",
     )
-    # After the delivery, so the certificate it names is in place; nginx may have been started
-    # earlier in this same run (deploys/acme.py), hence the check at execution time.
+    # After the delivery, so the certificate it names is in place.
     server.shell(
         name="Reload nginx (HTTPS server changed)",
-        commands=[
-            "if pgrep -x nginx >/dev/null && nginx -t -q 2>/dev/null; then nginx -s reload; fi"
-        ],
+        commands=["nginx -t -q && systemctl reload-or-restart nginx"],
         _if=site.did_change,
     )

@@ -54,7 +54,7 @@ def docker_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def site_deployed(lab_up: lab.LabStatus) -> str:
-    """The whole site deployed once per session (``deploys/site.py``, as ``make demo`` does):
+    """The whole lab site deployed once per session (``lab/site.py``, as ``make demo`` does):
     every lab module starts from a converged lab and deploys only what it changes."""
     import subprocess
     import sys
@@ -63,7 +63,7 @@ def site_deployed(lab_up: lab.LabStatus) -> str:
     root = Path(__file__).resolve().parents[2]
     pyinfra = Path(sys.executable).parent / "pyinfra"
     run = subprocess.run(
-        [str(pyinfra), "-y", "inventory.py", "deploys/site.py"],
+        [str(pyinfra), "-y", "inventory.py", "lab/site.py"],
         cwd=root,
         capture_output=True,
         text=True,
@@ -71,5 +71,5 @@ def site_deployed(lab_up: lab.LabStatus) -> str:
     )
     out = run.stdout + run.stderr
     if run.returncode != 0:
-        pytest.fail(f"deploys/site.py failed:\n{out[-6000:]}", pytrace=False)
+        pytest.fail(f"lab/site.py failed:\n{out[-6000:]}", pytrace=False)
     return out

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from lab.topology import pyinfra_name
 from pkinfra.acme import HOOK_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
-HOSTS = ["@docker/pkinfra-acme", "@docker/pkinfra-web1", "@docker/pkinfra-mx1"]
+HOSTS = [pyinfra_name("acme"), "web1.example.test", "mx1.example.test"]
 CLEAN = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
 SHADOW_TARGETS = [
     "_acme-challenge.mx1.example.test.shadow.test",
@@ -58,7 +59,7 @@ def deploy(*options: str) -> subprocess.CompletedProcess[str]:
             str(PYINFRA),
             *(options if "--dry" in options else ("-y", *options)),
             "inventory.py",
-            "deploys/pebble.py",
+            "lab/deploys/pebble.py",
             "deploys/acme.py",
             *limits,
         ],

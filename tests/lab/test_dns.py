@@ -27,6 +27,7 @@ import dns.rdatatype
 import dns.renderer
 import pytest
 
+from lab.topology import pyinfra_name
 from pkinfra import publication
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 from pkinfra.model import Delegation, Inventory, load_inventory_file
@@ -34,9 +35,9 @@ from pkinfra.model import Delegation, Inventory, load_inventory_file
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 NS1, NS2, RESOLVER = "172.29.53.10", "172.29.53.11", "172.29.53.53"
-NS1_HOST = "@docker/pkinfra-ns1"
-WEB1_HOST = "@docker/pkinfra-web1"
-DEPLOYS = ("deploys/dns.py",)  # includes deploys/resolver.py
+NS1_HOST = "ns1.example.test"
+WEB1_HOST = "web1.example.test"
+DEPLOYS = ("deploys/dns.py", "lab/deploys/resolver.py")
 
 pytestmark = pytest.mark.lab
 
@@ -111,8 +112,8 @@ def key(fqdn: str) -> TSIGKey:
 @pytest.fixture(scope="module")
 def deployed(site_deployed: str) -> Inventory:
     # The hosts these tests use (the DNS deploy still renders from the whole inventory).
-    hosts = ["pkinfra-ns1", "pkinfra-ns2", "pkinfra-resolver", "pkinfra-mx1", "pkinfra-web1"]
-    run = pyinfra(*DEPLOYS, *[arg for h in hosts for arg in ("--limit", f"@docker/{h}")])
+    hosts = ["ns1", "ns2", "resolver", "mx1", "web1"]
+    run = pyinfra(*DEPLOYS, *[arg for h in hosts for arg in ("--limit", pyinfra_name(h))])
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return load_inventory_file(ROOT / "inventory.py")
 
@@ -367,9 +368,9 @@ def test_tsig_secrets_never_appear_in_dry_diff_or_verbose_output(
     real = pyinfra("deploys/dns.py", *limit, "-vvv", "--diff")
     assert dry.returncode == 0 and real.returncode == 0, real.stdout[-3000:]
     changes = dry.stdout + dry.stderr
-    assert re.search(r"This host's TSIG key\s+1 \(@docker/pkinfra-web1\)", changes), changes
+    assert re.search(r"This host's TSIG key\s+1 \(web1.example.test\)", changes), changes
     # The key's name is web1's FQDN, or k<N>.<FQDN> after rotations (test_dns_rotation.py).
-    assert re.search(r"TSIG key (k\d+\.)?web1.example.test\s+1 \(@docker/pkinfra-ns1\)", changes), (
+    assert re.search(r"TSIG key (k\d+\.)?web1.example.test\s+1 \(ns1.example.test\)", changes), (
         changes
     )
     for secret in secrets():

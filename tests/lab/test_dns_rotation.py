@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.topology import pyinfra_name
 from pkinfra import tsig
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 from tests.lab.test_dns import RESOLVER, docker, pyinfra
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRETS = ROOT / "pki" / "secrets"
 HOST = "web1.example.test"
 OWNER = "_443._tcp.web1.example.test"
-LIMIT = [a for h in ("ns1", "ns2", "resolver", "web1") for a in ("--limit", f"@docker/pkinfra-{h}")]
+LIMIT = [a for h in ("ns1", "ns2", "resolver", "web1") for a in ("--limit", pyinfra_name(h))]
 
 pytestmark = pytest.mark.lab
 

@@ -8,12 +8,14 @@ lab converged for the next one. Checks run openssl inside the containers (mon1 t
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lab.topology import SSH_USER
 from pkinfra.ca import PassphraseSource
 from tests.helpers import lab_inventory_copy
 
@@ -297,25 +300,50 @@ def test_name_change_reissues_exactly_that_certificate_with_the_same_key(
     assert [d for d in now if now[d] != serials[d]] == [directory]
 
 
-def _killing_docker(tmp_path: Path, pattern: str) -> dict[str, str]:
-    """An environment whose `docker` kills the pyinfra run when a call contains `pattern`."""
-    real = shutil.which("docker")
-    assert real is not None
-    wrapper = tmp_path / "bin" / "docker"
-    wrapper.parent.mkdir(exist_ok=True)
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in *"$PKINFRA_KILL_ON"*)\n'
-        '  kill -9 "$(cat "$PKINFRA_KILL_PIDFILE")"; exit 1;;\n'
-        "esac\n"
-        f'exec {real} "$@"\n'
+#: A test-only login shell for the SSH user on db1: a command that contains the pattern in
+#: HANG_ON never runs; the shell marks HIT and waits, so the test can kill the pyinfra run at
+#: exactly that point (the host is reached over SSH: every command goes through this shell).
+TEST_SHELL = "/usr/local/sbin/pkinfra-test-shell"
+HANG_ON = "/etc/pkinfra-test-hang-on"
+HIT = "/run/pkinfra-test-hit"
+_TEST_SHELL_TEXT = f"""#!/bin/sh
+pattern=$(cat {HANG_ON} 2>/dev/null)
+if [ "$1" = -c ] && [ -n "$pattern" ]; then
+    case "$2" in *"$pattern"*) : > {HIT}; exec sleep 300 ;; esac
+fi
+exec /bin/bash "$@"
+"""
+
+
+@contextmanager
+def _hanging_shell(pattern: str) -> Iterator[None]:
+    """db1's SSH user gets the hanging login shell for ``pattern``; put back afterwards."""
+    sh("pkinfra-db1", f"cat > {TEST_SHELL} <<'EOF'\n{_TEST_SHELL_TEXT}EOF\nchmod 755 {TEST_SHELL}")
+    sh("pkinfra-db1", f"printf '%s' {shlex.quote(pattern)} > {HANG_ON}; rm -f {HIT}")
+    sh("pkinfra-db1", f"usermod -s {TEST_SHELL} {SSH_USER}")
+    try:
+        yield
+    finally:
+        sh("pkinfra-db1", f"usermod -s /bin/bash {SSH_USER}; rm -f {HANG_ON} {HIT} {TEST_SHELL}")
+        sh("pkinfra-db1", "pkill -f '^sleep 300$' || true")
+
+
+def _run_until_hit(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run pyinfra until the host marks HIT, then kill it with SIGKILL (as a crash would)."""
+    process = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    wrapper.chmod(0o755)
-    return {
-        "PATH": f"{wrapper.parent}:{os.environ['PATH']}",
-        "PKINFRA_KILL_ON": pattern,
-        "PKINFRA_KILL_PIDFILE": str(tmp_path / "pid"),
-    }
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if sh("pkinfra-db1", f"test -e {HIT}").returncode == 0:
+            process.kill()
+            break
+        time.sleep(0.2)
+    else:
+        if process.poll() is None:
+            process.kill()
+    out, _ = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(args, process.returncode, out, "")
 
 
 @pytest.mark.parametrize(
@@ -327,31 +355,15 @@ def _killing_docker(tmp_path: Path, pattern: str) -> dict[str, str]:
     ],
 )
 def test_killed_issuance_converges_on_rerun(
-    deployed: str, tmp_path: Path, point: str, pattern: str, remove: str
+    deployed: str, point: str, pattern: str, remove: str
 ) -> None:
     directory = "/etc/pkinfra/certs/backup"
     sh("pkinfra-db1", f"cd {directory} && rm -f {remove}")
-    env = {**os.environ, **_killing_docker(tmp_path, pattern)}
-    killed = subprocess.run(
-        [
-            "sh",
-            "-c",
-            f'echo $$ > {tmp_path / "pid"}; exec "$@"',
-            "sh",
-            str(PYINFRA),
-            "-y",
-            "inventory.py",
-            "deploys/pki.py",
-            "--limit",
-            "@docker/pkinfra-db1",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert killed.returncode == -9, f"not killed while {point}: {killed.stdout}{killed.stderr}"
+    with _hanging_shell(pattern):
+        killed = _run_until_hit(
+            [str(PYINFRA), "-y", "inventory.py", "deploys/pki.py", "--limit", "db1.example.test"]
+        )
+    assert killed.returncode == -9, f"not killed while {point}: {killed.stdout}"
     # Whatever was left: a live certificate never mismatches its key.
     live = sh(
         "pkinfra-db1",
@@ -360,11 +372,11 @@ def test_killed_issuance_converges_on_rerun(
         ' = "$(openssl pkey -in key.pem -pubout -outform DER | md5sum)" ]',
     )
     assert live.returncode == 0, f"mismatched live certificate after a kill while {point}"
-    out = pyinfra("--limit", "@docker/pkinfra-db1")
+    out = pyinfra("--limit", "db1.example.test")
     assert totals(out)[2] == "-", out
     ok, text = verify("pkinfra-db1", f"{directory}/cert.pem", untrusted=f"{directory}/chain.pem")
     assert ok, text
-    assert totals(pyinfra("--limit", "@docker/pkinfra-db1"))[1] == "-"
+    assert totals(pyinfra("--limit", "db1.example.test"))[1] == "-"
 
 
 def test_wrong_passphrase_is_one_clear_line_and_nothing_is_overwritten(
@@ -381,7 +393,7 @@ def test_wrong_passphrase_is_one_clear_line_and_nothing_is_overwritten(
     directory = "/etc/pkinfra/certs/backup"
     before = sh("pkinfra-db1", f"cat {directory}/fullchain.pem {directory}/key.pem").stdout
     sh("pkinfra-db1", f"rm -f {directory}/cert.pem")  # a reissue is due
-    limit = ["--limit", "@docker/pkinfra-db1"]
+    limit = ["--limit", "db1.example.test"]
     run = subprocess.run(
         [str(PYINFRA), "-y", str(tmp_path / "inventory.py"), "deploys/pki.py", *limit],
         cwd=ROOT,
@@ -396,7 +408,7 @@ def test_wrong_passphrase_is_one_clear_line_and_nothing_is_overwritten(
     assert "Traceback" not in out
     assert sh("pkinfra-db1", f"cat {directory}/fullchain.pem {directory}/key.pem").stdout == before
     assert not sh("pkinfra-db1", f"ls -a {directory}").stdout.count("pkinfra-new")
-    assert totals(pyinfra("--limit", "@docker/pkinfra-db1"))[2] == "-"
+    assert totals(pyinfra("--limit", "db1.example.test"))[2] == "-"
 
 
 def test_revoke_removed_revokes_a_certificate_dropped_from_the_inventory(

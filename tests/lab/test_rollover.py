@@ -115,7 +115,7 @@ def run_pyinfra(inventory: Path, deploy_file: str, groups: tuple[str, ...], *ext
 
 def deploy(inventory: Path, *extra: str) -> str:
     out = run_pyinfra(inventory, "deploys/dane.py", ("mail", "web"), *extra)
-    assert "[@docker/pkinfra-mx1]" in out, out[-3000:]
+    assert "[mx1.example.test]" in out, out[-3000:]
     return out
 
 
@@ -217,8 +217,8 @@ def test_primary_down_renewal_goes_on_and_step_two_refuses(site_deployed: str) -
 
 
 def site_run(inventory: Path, *extra: str) -> str:
-    out = run_pyinfra(inventory, "deploys/site.py", ("dns", "db"), *extra)
-    assert "[@docker/pkinfra-db1]" in out, out[-3000:]
+    out = run_pyinfra(inventory, "lab/site.py", ("dns", "db"), *extra)
+    assert "[db1.example.test]" in out, out[-3000:]
     return out
 
 

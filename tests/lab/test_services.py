@@ -23,11 +23,11 @@ PYINFRA = Path(sys.executable).parent / "pyinfra"
 PKINFRA = Path(sys.executable).parent / "pkinfra"
 DEPLOYS = [
     "deploys/pki.py",
-    "deploys/lab_services.py",
+    "lab/deploys/services.py",
     "deploys/services.py",
-    "deploys/lab_start.py",
+    "lab/deploys/start.py",
 ]
-LIMIT = ["--limit", "@docker/pkinfra-db1", "--limit", "mon1.example.test"]
+LIMIT = ["--limit", "db1.example.test", "--limit", "mon1.example.test"]
 CLIENT = "/etc/pkinfra/certs/monitoring"
 ROOT_CA = "/usr/local/share/ca-certificates/pkinfra-duckcorp.crt"
 
@@ -92,7 +92,7 @@ def postmaster_pid() -> str:
 
 
 def agent_pid() -> str:
-    return sh("pkinfra-db1", "pgrep -f '^openssl s_server -accept 9102'").stdout.strip()
+    return sh("pkinfra-db1", "pgrep -f 'openssl s_server -accept 9102'").stdout.strip()
 
 
 def revoke(ca: str, serial: str) -> None:
@@ -205,7 +205,7 @@ KEY_PATTERNS = (
 
 
 def container_of(spec: HostSpec) -> str:
-    """The lab container of an inventory host (mon1 is reached over SSH, by its FQDN)."""
+    """The lab container of an inventory host (managed hosts are reached over SSH, by FQDN)."""
     if spec.pyinfra_name.startswith("@docker/"):
         return spec.pyinfra_name.removeprefix("@docker/")
     return f"pkinfra-{spec.fqdn.split('.')[0]}"
@@ -294,7 +294,7 @@ def broken_restart(tmp_path: Path) -> Iterator[Path]:
     """The lab inventory with the backup agent's restart command failing."""
     lab_inventory_copy(tmp_path)
     text = (tmp_path / "inventory.py").read_text()
-    good = '"/usr/local/sbin/lab-backup-agent restart"'
+    good = '"systemctl restart lab-backup-agent"'
     assert good in text
     (tmp_path / "inventory.py").write_text(
         text.replace(good, '"echo agent config is broken >&2; exit 3"')
@@ -312,7 +312,7 @@ def test_failed_restart_is_named_remembered_and_retried(
 
     out = deploy(broken_restart, ok=False)
     assert "backup-agent" in out and "agent config is broken" in out and "exit 3" in out
-    assert "[@docker/pkinfra-db1]" in out
+    assert "[db1.example.test]" in out
     # The other service got its files and its reload; the new, valid files stay in place.
     assert served_serial(5432, "postgres") != pg_serial
     new_backup = file_serial("pkinfra-db1", "/etc/pkinfra/certs/backup/cert.pem")

@@ -1,4 +1,5 @@
-"""deploys/site.py against the real lab: every host is reached (mon1 over SSH) and converged."""
+"""lab/site.py against the real lab: every host is reached (managed hosts over SSH as a sudo
+user) and converged."""
 
 from __future__ import annotations
 
@@ -9,25 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from lab.topology import HOSTS as LAB_HOSTS
+from lab.topology import pyinfra_name
+
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
-HOSTS = [
-    "@docker/pkinfra-ns1",
-    "@docker/pkinfra-ns2",
-    "@docker/pkinfra-resolver",
-    "@docker/pkinfra-acme",
-    "@docker/pkinfra-web1",
-    "@docker/pkinfra-mx1",
-    "@docker/pkinfra-db1",
-    "mon1.example.test",
-]
+HOSTS = [pyinfra_name(role) for role in LAB_HOSTS]
 
 pytestmark = pytest.mark.lab
 
 
 def pyinfra(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(PYINFRA), "-y", "inventory.py", "deploys/site.py", *args],
+        [str(PYINFRA), "-y", "inventory.py", "lab/site.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -46,7 +41,7 @@ def test_site_reaches_every_lab_host(site_run: subprocess.CompletedProcess[str])
     connected = set(re.findall(r"\[([^\]]+)\]\s+Connected", out))
     assert connected == set(HOSTS), out[-3000:]
     for name in HOSTS:
-        assert re.search(rf"\[{re.escape(name)}\]\s+Ready: deploys/site.py", out), name
+        assert re.search(rf"\[{re.escape(name)}\]\s+Ready: lab/site.py", out), name
     # No host errored in any operation of the results table.
     total = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)", out)
     assert total is not None, out
@@ -70,7 +65,7 @@ def test_limit_runs_one_host_with_the_whole_inventory_validated(lab_up: object) 
             str(PYINFRA),
             "-y",
             "inventory.py",
-            "deploys/site.py",
+            "lab/site.py",
             "--limit",
             "mon1.example.test",
             "--dry",
@@ -83,4 +78,4 @@ def test_limit_runs_one_host_with_the_whole_inventory_validated(lab_up: object) 
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "[mon1.example.test]" in out
-    assert "[@docker/pkinfra-mx1]" not in out
+    assert "[mx1.example.test]" not in out

@@ -50,7 +50,7 @@ def test_ca_issued_service_with_client_ca_bundle_and_crl_chain() -> None:
             "mode": "0600",
         }
     ]
-    assert backup["notify"] == {"restart": "/usr/local/sbin/lab-backup-agent restart"}
+    assert backup["notify"] == {"restart": "systemctl restart lab-backup-agent"}
 
 
 def test_acme_service_uses_the_certbot_lineage() -> None:
@@ -62,9 +62,7 @@ def test_acme_service_uses_the_certbot_lineage() -> None:
         "fullchain": ["/etc/letsencrypt/live/mail/fullchain.pem"],
         "key": ["/etc/letsencrypt/live/mail/privkey.pem"],
     }
-    assert postfix["notify"] == {
-        "command": "if postfix status >/dev/null 2>&1; then postfix reload; fi"
-    }
+    assert postfix["notify"] == {"command": "systemctl try-reload-or-restart postfix"}
 
 
 def test_mapping_text_is_stable() -> None:
