@@ -305,7 +305,7 @@ def test_name_change_reissues_exactly_that_certificate_with_the_same_key(
 #: exactly that point (the host is reached over SSH: every command goes through this shell).
 TEST_SHELL = "/usr/local/sbin/pkinfra-test-shell"
 HANG_ON = "/etc/pkinfra-test-hang-on"
-HIT = "/run/pkinfra-test-hit"
+HIT = "/tmp/pkinfra-test-hit"
 _TEST_SHELL_TEXT = f"""#!/bin/sh
 pattern=$(cat {HANG_ON} 2>/dev/null)
 if [ "$1" = -c ] && [ -n "$pattern" ]; then

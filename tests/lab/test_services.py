@@ -92,7 +92,7 @@ def postmaster_pid() -> str:
 
 
 def agent_pid() -> str:
-    return sh("pkinfra-db1", "pgrep -f 'openssl s_server -accept 9102'").stdout.strip()
+    return sh("pkinfra-db1", "systemctl show -p MainPID --value lab-backup-agent").stdout.strip()
 
 
 def revoke(ca: str, serial: str) -> None:
