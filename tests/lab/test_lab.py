@@ -88,8 +88,8 @@ def test_down_then_up_rebuilds_the_lab(docker_client: Any) -> None:
     assert not [n for n in leftovers if n.startswith("pkinfra-")]
     assert not [v.name for v in docker_client.volumes.list() if "pkinfra" in v.name]
     assert not lab.status().ok
-    for spec in set(images.lab_specs().values()):
-        assert docker_client.images.get(spec.tag)  # the cache survives `down`
+    for tag in {spec.tag for spec in images.lab_specs().values()}:
+        assert docker_client.images.get(tag)  # the cache survives `down`
     assert lab.up().ok
     assert lab.status().ok
 
