@@ -101,6 +101,8 @@ def server_block(
         + "".join(f"    listen {listen};\n" for listen in listens)
         + f"    server_name {' '.join(names)};\n"
         f"    include {include};\n"
+        # Nothing else: without it nginx would serve its default root (a welcome page).
+        "    location / {\n        return 404;\n    }\n"
         "}\n"
     )
 
@@ -390,21 +392,21 @@ def _walk(block: Iterable[Directive]) -> Iterable[Directive]:
             yield from _walk(directive.block)
 
 
-def _listen(args: Sequence[str]) -> dict[str, Any] | None:
-    """One ``listen`` as {addr, default} when it is plain HTTP on port 80, else None."""
+def _listen(args: Sequence[str], port: int = 80) -> dict[str, Any] | None:
+    """One ``listen`` as {addr, default} when it is plain HTTP on ``port``, else None."""
     if not args or args[0].startswith("unix:"):
         return None
     spec = args[0]
     if spec.isdigit():
-        addr, port = "*", spec
+        addr, number = "*", spec
     elif spec.startswith("["):
         host, _, rest = spec.partition("]")
-        addr, port = host + "]", rest[1:] if rest.startswith(":") else "80"
+        addr, number = host + "]", rest[1:] if rest.startswith(":") else "80"
     elif ":" in spec:
-        addr, port = spec.rsplit(":", 1)
+        addr, number = spec.rsplit(":", 1)
     else:
-        addr, port = spec, "80"
-    if port != "80" or "ssl" in args[1:] or "quic" in args[1:]:
+        addr, number = spec, "80"
+    if number != str(port) or "ssl" in args[1:] or "quic" in args[1:]:
         return None
     addr = "*" if addr in ("*", "0.0.0.0") else addr
     return {"addr": addr, "default": any(a in ("default_server", "default") for a in args[1:])}
@@ -421,13 +423,13 @@ def _catches_challenge(directive: Directive) -> bool:
     return False
 
 
-def _server(directive: Directive, snippet_path: str) -> dict[str, Any] | None:
+def _server(directive: Directive, snippet_path: str, port: int) -> dict[str, Any] | None:
     block = directive.block or []
     listens = [d for d in block if d.name == "listen"]
-    ports = [x for d in listens if (x := _listen(d.args)) is not None]
+    ports = [x for d in listens if (x := _listen(d.args, port)) is not None]
     if listens and not ports:
         return None
-    if not listens:
+    if not listens and port == 80:
         ports = [{"addr": "*", "default": False}]  # nginx's default when run as root
     names = [
         a.lower() if not a.startswith("~") else a
@@ -452,13 +454,16 @@ def _server(directive: Directive, snippet_path: str) -> dict[str, Any] | None:
     }
 
 
-def port80_servers(config: Config, snippet_path: str = SNIPPET) -> list[dict[str, Any]]:
-    """The reduced facts about every plain-HTTP port-80 server of the http block."""
+def port80_servers(
+    config: Config, snippet_path: str = SNIPPET, port: int = 80
+) -> list[dict[str, Any]]:
+    """The reduced facts about every plain-HTTP port-80 server of the http block (another
+    ``port``: tests that run nginx unprivileged)."""
     servers = []
     for http in (d for d in config.tree if d.name == "http" and d.block is not None):
         for directive in http.block or []:
             if directive.name == "server" and directive.block is not None:
-                server = _server(directive, snippet_path)
+                server = _server(directive, snippet_path, port)
                 if server is not None:
                     servers.append(server)
     return servers
@@ -500,7 +505,9 @@ def _sha256(path: str) -> str | None:
         return None
 
 
-def read_host(nginx: Sequence[str], snippet_path: str, own: Sequence[str]) -> dict[str, Any]:
+def read_host(
+    nginx: Sequence[str], snippet_path: str, own: Sequence[str], port: int = 80
+) -> dict[str, Any]:
     """The fact's result: run ``nginx -T`` and reduce it (see the module docstring)."""
     result: dict[str, Any] = {"own": {p: _sha256(p) for p in own}, "servers": []}
     try:
@@ -519,7 +526,7 @@ def read_host(nginx: Sequence[str], snippet_path: str, own: Sequence[str]) -> di
             result["state"] = "snippet-missing"
         else:
             return {**result, "state": "invalid", "error": _error_place(run.stderr)}
-        result["servers"] = port80_servers(config, snippet_path)
+        result["servers"] = port80_servers(config, snippet_path, port)
     except NginxError as exc:
         return {**result, "state": "unreadable", "error": str(exc)}
     return result
@@ -534,7 +541,7 @@ def _conf_path(nginx: Sequence[str], stderr: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python3 - SNIPPET [OWN...] [-- NGINX ARGS...]``: print the fact's JSON line.
+    """``python3 - SNIPPET [OWN...] [--port N] [-- NGINX ARGS...]``: print the fact's JSON line.
 
     The SHA-256 of the snippet and of each OWN file (pkinfra's) is reported beside the servers.
     """
@@ -543,8 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in args:
         nginx += args[args.index("--") + 1 :]
         args = args[: args.index("--")]
+    port = 80
+    if "--port" in args:
+        index = args.index("--port")
+        port = int(args[index + 1])
+        del args[index : index + 2]
     snippet_path, own = args[0], args
-    print(json.dumps(read_host(nginx, snippet_path, own), sort_keys=True))
+    print(json.dumps(read_host(nginx, snippet_path, own, port), sort_keys=True))
     return 0
 
 
