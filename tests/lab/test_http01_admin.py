@@ -46,9 +46,17 @@ def sh(command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
-def deploy() -> subprocess.CompletedProcess[str]:
+def deploy(*extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(PYINFRA), "-y", "inventory.py", "deploys/acme.py", "--limit", "web1.example.test"],
+        [
+            str(PYINFRA),
+            "-y",
+            *extra,
+            "inventory.py",
+            "deploys/acme.py",
+            "--limit",
+            "web1.example.test",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -92,7 +100,7 @@ def test_deploy_leaves_the_names_to_the_admin_server(admin_site: str) -> None:
     assert sh(f"test -e {SITE}").returncode != 0, "pkinfra kept a server block for the names"
     assert sh("nginx -t").returncode == 0
     assert "conflicting server name" not in sh("nginx -t 2>&1").stdout
-    again = deploy()
+    again = deploy("-v")  # -v: pyinfra prints why an operation changes nothing
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "nginx serves HTTP-01 challenges: /etc/nginx/sites-enabled/admin-redirect" in (
         again.stdout + again.stderr

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.topology import SSH_ROLES, SSH_USER, hostname
+from lab.topology import HOSTS, SSH_ROLES, SSH_USER, hostname
 from pkinfra.model import load_inventory_file
-from tests.lab.test_dns import RESOLVER, docker, pyinfra
+from tests.lab.test_dns import docker, pyinfra
 from tests.lab.test_services import file_serial, served_serial
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,17 +109,25 @@ def test_certbot_service_renews_delivers_and_publishes_on_its_own(site_deployed:
     journal = docker("pkinfra-mx1", f"journalctl -o cat --no-pager --after-cursor '{cursor}'")
     assert "Reloading" in journal and "postfix" in journal.lower(), journal[-2000:]
     assert docker("pkinfra-mx1", f"systemctl show -p MainPID --value {unit}").strip() == main_pid
-    # The TLSA record every resolver sees matches the key now served.
+    # Every authoritative server serves a TLSA record of the key now served (the publisher
+    # returns only once they all do).
     spki = docker(
         "pkinfra-mx1",
         f"openssl x509 -in {live} -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum",
     ).split()[0]
-    records = subprocess.run(
-        ["dig", "+short", f"@{RESOLVER}", "_25._tcp.mx1.example.test", "TLSA"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-    assert any(line.replace(" ", "").lower().endswith(spki) for line in records.splitlines()), (
-        records
-    )
+    for server in (HOSTS["ns1"], HOSTS["ns2"]):
+        records = subprocess.run(
+            [
+                "dig",
+                "+norec",
+                "+short",
+                f"@{server}",
+                "_25._tcp.mx1.example.test.shadow.test",
+                "TLSA",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        flat = [line.replace(" ", "").lower() for line in records.splitlines()]
+        assert any(line == f"311{spki}" for line in flat), (server, records)
