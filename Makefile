@@ -17,6 +17,8 @@ lab-status: setup
 
 demo: lab-up
 	.venv/bin/pyinfra -y inventory.py lab/site.py
+	.venv/bin/pkinfra status --resolver 172.29.53.53 --html status.html; \
+		echo "pkinfra status exit $$? (0 ok, 1 warning, 2 critical, 3 unknown); report: status.html"
 
 lint: setup
 	.venv/bin/ruff check .

@@ -5,14 +5,14 @@ environment) behaves like this deploy: the ACME server's TLS CA in the system st
 not public), the lineage's renewal configuration (server, webroot or hooks, key type,
 ``reuse_key``), pkinfra's DNS-01 hook in ``/usr/local/bin`` with its code in
 ``/usr/local/lib/pkinfra`` and its configuration naming the host's TSIG key (installed by
-deploys/dns.py). HTTP-01 hosts get an nginx server block on port 80 that serves the webroot's
-``/.well-known/acme-challenge/``. Renewals: Debian's certbot package ships its systemd timer and
-``/etc/cron.d/certbot`` (used where systemd does not run).
+deploys/dns.py). HTTP-01 hosts get an nginx snippet serving the webroots'
+``/.well-known/acme-challenge/``, included by a port-80 server block of pkinfra's for the names no
+port-80 server of the admin's answers (``acme.nginx_challenge``). Renewals: Debian's certbot
+package ships its systemd timer and ``/etc/cron.d/certbot`` (used where systemd does not run).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from io import StringIO
 from pathlib import Path
 
@@ -27,28 +27,6 @@ from pkinfra import acme
 ROOT = Path(__file__).resolve().parent.parent
 #: Where deploys/dns.py installs the host's own TSIG key.
 HOST_TSIG_KEY = "/etc/pkinfra/tsig.key"
-NGINX_SITE = "/etc/nginx/sites-enabled/pkinfra-acme-challenge"
-
-
-def nginx_site(webroots: dict[str, list[str]]) -> str:
-    """One port-80 server block per webroot serving only the challenge directory."""
-    blocks = [
-        "# Written by pkinfra (deploys/acme.py): HTTP-01 challenges from the webroot.",
-    ]
-    for webroot, names in sorted(webroots.items()):
-        blocks += [
-            "server {",
-            "    listen 80;",
-            "    listen [::]:80;",
-            f"    server_name {' '.join(names)};",
-            "    location ^~ /.well-known/acme-challenge/ {",
-            f"        root {webroot};",
-            "        default_type text/plain;",
-            "        try_files $uri =404;",
-            "    }",
-            "}",
-        ]
-    return "\n".join(blocks) + "\n"
 
 
 inv = inventory()
@@ -108,19 +86,17 @@ if certificates:
     )
 
     if http01:
-        webroots: dict[str, list[str]] = defaultdict(list)
-        for cert in http01:
-            assert cert.webroot is not None, "validated: http-01 has a webroot"
-            webroots[cert.webroot] += [n for n in cert.names if n not in webroots[cert.webroot]]
+        webroots = sorted({c.webroot for c in http01 if c.webroot is not None})
         for webroot in webroots:
             files.directory(name=f"Webroot {webroot}", path=webroot, mode="0755")
-        site = files.put(
-            name="nginx: HTTP-01 challenge location",
-            src=StringIO(nginx_site(webroots)),
-            dest=NGINX_SITE,
-            mode="0644",
+        # The admin's port-80 servers keep their names; pkinfra's server block answers only
+        # the names none of them answers (see pkinfra/nginx.py and the README).
+        acme_ops.nginx_challenge(
+            name="nginx: HTTP-01 challenges",
+            webroots=webroots,
+            names=[n for c in http01 for n in c.names],
         )
-        acme_ops.nginx(name="nginx running", reload=site.will_change)
+        acme_ops.nginx(name="nginx running")
 
     # Runs first: each lineage below compares its saved account with what this step finds.
     acme_ops.account(

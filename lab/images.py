@@ -1,9 +1,10 @@
-"""The lab's images: a debootstrap base and the one lab image built on top of it.
+"""The lab's images: per Debian release, a debootstrap base and the lab image built on top of it.
 
-Docker Hub is not reachable, so the base image is a Debian `minbase` made by `debootstrap` and
-imported as a tar stream. The lab image runs one shell script in a container of the base on the
+Docker Hub is not reachable, so a base image is a Debian `minbase` made by `debootstrap` and
+imported as a tar stream. A lab image runs one shell script in a container of its base on the
 default bridge (which reaches Debian's mirror) and commits the result. Each image is tagged with
-a hash of its inputs; an image whose tag exists is never rebuilt.
+a hash of its inputs; an image whose tag exists is never rebuilt. Hosts run Debian 13 (trixie)
+or 12 (bookworm) as `lab.topology.SUITES` says; every image has the same packages.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from lab.topology import (
     LAB_REPOSITORY,
     LABEL_IMAGE,
     SSH_USER,
+    SUITES,
 )
 
-SUITE: Final = "bookworm"
 MIRROR: Final = "http://deb.debian.org/debian"
 SECURITY_MIRROR: Final = "http://deb.debian.org/debian-security"
 VARIANT: Final = "minbase"
@@ -158,17 +159,17 @@ class ImageSpec:
         return f"{self.repository}:{self.digest}"
 
 
-def debootstrap_command(target: Path) -> list[str]:
+def debootstrap_command(target: Path, suite: str) -> list[str]:
     """The debootstrap command line that makes the base root file system in `target`."""
-    return ["debootstrap", f"--variant={VARIANT}", SUITE, str(target), MIRROR]
+    return ["debootstrap", f"--variant={VARIANT}", suite, str(target), MIRROR]
 
 
-def build_script() -> str:
-    """The shell script that turns a base container into the lab image."""
+def build_script(suite: str) -> str:
+    """The shell script that turns a base container into the lab image of `suite`."""
     return _BUILD_SCRIPT.format(
         mirror=MIRROR,
         security_mirror=SECURITY_MIRROR,
-        suite=SUITE,
+        suite=suite,
         domain=DOMAIN,
         packages=" ".join(PACKAGES),
         ssh_user=SSH_USER,
@@ -180,32 +181,32 @@ def lab_commit_config(digest: str) -> dict[str, Any]:
     return {"Cmd": ["/sbin/init"], "StopSignal": "SIGRTMIN+3", "Labels": {LABEL_IMAGE: digest}}
 
 
-def base_spec() -> ImageSpec:
-    """The debootstrap base image."""
+def base_spec(suite: str) -> ImageSpec:
+    """The debootstrap base image of a Debian release (`trixie`, `bookworm`)."""
     return ImageSpec(
         BASE_REPOSITORY,
         {
-            "suite": SUITE,
+            "suite": suite,
             "mirror": MIRROR,
             "variant": VARIANT,
-            "command": debootstrap_command(Path("TARGET")),
+            "command": debootstrap_command(Path("TARGET"), suite),
             "changes": list(BASE_CHANGES),
             "tidy": list(BASE_TIDY),
         },
     )
 
 
-def lab_spec() -> ImageSpec:
-    """The lab image every container runs; its inputs include the base image's tag."""
+def lab_spec(suite: str) -> ImageSpec:
+    """The lab image of a Debian release; its inputs include the base image's tag."""
     return ImageSpec(
         LAB_REPOSITORY,
         {
-            "base": base_spec().tag,
-            "suite": SUITE,
+            "base": base_spec(suite).tag,
+            "suite": suite,
             "mirror": MIRROR,
             "security_mirror": SECURITY_MIRROR,
             "packages": list(PACKAGES),
-            "script": build_script(),
+            "script": build_script(suite),
             "commit": lab_commit_config("DIGEST"),
         },
     )
@@ -221,16 +222,27 @@ def image_exists(client: Any, tag: str) -> bool:
     return True
 
 
-def ensure_lab_image(client: Any) -> ImageSpec:
-    """Build whatever is missing of base and lab image; return the lab image's spec."""
-    lab = lab_spec()
+def lab_specs() -> dict[str, ImageSpec]:
+    """role -> the spec of the lab image its container runs."""
+    return {role: lab_spec(suite) for role, suite in SUITES.items()}
+
+
+def ensure_lab_image(client: Any, suite: str) -> ImageSpec:
+    """Build whatever is missing of base and lab image of `suite`; return the lab image's spec."""
+    lab = lab_spec(suite)
     if image_exists(client, lab.tag):
         return lab
-    base = base_spec()
+    base = base_spec(suite)
     if not image_exists(client, base.tag):
-        build_base_image(client, base)
-    build_lab_image(client, base, lab)
+        build_base_image(client, base, suite)
+    build_lab_image(client, base, lab, suite)
     return lab
+
+
+def ensure_lab_images(client: Any) -> dict[str, ImageSpec]:
+    """Build what is missing of every release's images; role -> its lab image's spec."""
+    built = {suite: ensure_lab_image(client, suite) for suite in sorted(set(SUITES.values()))}
+    return {role: built[suite] for role, suite in SUITES.items()}
 
 
 def _mounts_below(path: Path) -> list[str]:
@@ -263,7 +275,7 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def build_base_image(client: Any, spec: ImageSpec) -> None:
+def build_base_image(client: Any, spec: ImageSpec, suite: str) -> None:
     """Run debootstrap into a scratch directory and import it as `spec.tag`."""
     if os.geteuid() != 0:
         raise LabError("building the base image needs root (debootstrap)")
@@ -275,12 +287,15 @@ def build_base_image(client: Any, spec: ImageSpec) -> None:
     rootfs = work / "rootfs"
     _remove_tree(work)
     rootfs.mkdir(parents=True)
-    say(f"building base image {spec.tag} (debootstrap {SUITE} {VARIANT}, ~30-60 s)...")
+    say(f"building base image {spec.tag} (debootstrap {suite} {VARIANT}, ~30-60 s)...")
     started = time.monotonic()
     try:
         with open(log_path, "wb") as log:
             result = subprocess.run(
-                debootstrap_command(rootfs), stdout=log, stderr=subprocess.STDOUT, check=False
+                debootstrap_command(rootfs, suite),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
         if result.returncode != 0:
             raise LabError(
@@ -337,7 +352,7 @@ def _remove_build_container(client: Any) -> None:
         client.containers.get(BUILD_CONTAINER).remove(force=True)
 
 
-def build_lab_image(client: Any, base: ImageSpec, spec: ImageSpec) -> None:
+def build_lab_image(client: Any, base: ImageSpec, spec: ImageSpec, suite: str) -> None:
     """Install the lab packages in a container of `base` and commit it as `spec.tag`."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"lab-{spec.digest}.log"
@@ -351,7 +366,7 @@ def build_lab_image(client: Any, base: ImageSpec, spec: ImageSpec) -> None:
         with docker_step("starting the lab image build container"):
             container = client.containers.create(
                 base.tag,
-                command=["sh", "-c", build_script()],
+                command=["sh", "-c", build_script(suite)],
                 name=BUILD_CONTAINER,
                 hostname="build.invalid",
                 network_mode="bridge",

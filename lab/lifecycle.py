@@ -136,7 +136,7 @@ def up() -> LabStatus:
     started = time.monotonic()
     with _locked():
         client = connect()
-        image = images.ensure_lab_image(client)
+        image_of = images.ensure_lab_images(client)
         public_key = ssh.ensure_keypair()
         _network, created = containers.ensure_network(client)
         if created:
@@ -149,7 +149,9 @@ def up() -> LabStatus:
                 containers.remove_container(stray)
         host_keys: dict[str, str] = {}
         for role, address in HOSTS.items():
-            container = _ensure_container(client, role, existing.get(container_name(role)), image)
+            container = _ensure_container(
+                client, role, existing.get(container_name(role)), image_of[role]
+            )
             prepared = containers.prepare(
                 container, role, public_key if role in SSH_ROLES else None
             )
@@ -162,7 +164,7 @@ def up() -> LabStatus:
         for role in SSH_ROLES:
             ssh.wait_for_ssh(HOSTS[role])
         _ensure_acme_server_ca()
-        result = _status(client, image)
+        result = _status(client, image_of)
     if not result.ok:
         broken = [h.line() for h in result.hosts if not h.ok]
         raise LabError(
@@ -188,7 +190,7 @@ def down() -> None:
 def status() -> LabStatus:
     """The lab as it is now (no changes made)."""
     client = connect()
-    return _status(client, images.lab_spec())
+    return _status(client, images.lab_specs())
 
 
 def _unprepared(container: Any, role: str) -> str | None:
@@ -202,7 +204,7 @@ def _unprepared(container: Any, role: str) -> str | None:
     return f"{', '.join(words)} not set up: run lab up" if words else None
 
 
-def _status(client: Any, image: images.ImageSpec) -> LabStatus:
+def _status(client: Any, image_of: dict[str, images.ImageSpec]) -> LabStatus:
     network = containers.get_network(client)
     network_problem = (
         f"network {NETWORK} is missing" if network is None else containers.network_problem(network)
@@ -215,6 +217,7 @@ def _status(client: Any, image: images.ImageSpec) -> LabStatus:
         if container is None:
             hosts.append(HostStatus(role, name, address, "missing"))
             continue
+        image = image_of[role]
         problem = containers.stale_reason(container, role, image.tag, image.digest)
         actual = containers.networks_of(container).get(NETWORK) or address
         if problem is None and container.status == "running":

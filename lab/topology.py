@@ -48,6 +48,19 @@ RESOLVER: Final = HOSTS["resolver"]
 SSH_ROLES: Final = ("ns1", "ns2", "web1", "mx1", "db1", "mon1")
 #: The non-root login on every SSH host; `sudo` without a password, as a site's admin sets up.
 SSH_USER: Final = "ops"
+#: The Debian release of each host: most run Debian 13 (trixie, the current stable); db1 and
+#: ns2 stay on Debian 12 (bookworm, oldstable, still supported), so CI proves both, a service
+#: host and a BIND secondary of a 9.20 primary among them. Lab infrastructure stays on 12.
+SUITES: Final[dict[str, str]] = {
+    "ns1": "trixie",
+    "ns2": "bookworm",
+    "resolver": "bookworm",
+    "acme": "bookworm",
+    "web1": "trixie",
+    "mx1": "trixie",
+    "db1": "bookworm",
+    "mon1": "trixie",
+}
 #: The daemons the site's admin runs on each managed host (enabled at `lab up`, as Debian's
 #: packages would have them); the image has them all installed and disabled.
 UNITS: Final[dict[str, tuple[str, ...]]] = {

@@ -25,11 +25,14 @@ from operations.facts import (
     CertbotAccounts,
     CertbotLineage,
     FileDigest,
+    NginxServers,
     PkiFiles,
     ProcessId,
 )
 from operations.util import q
 from pkinfra import acme
+from pkinfra import nginx as nginx_core
+from pkinfra.nginx import SITE, SNIPPET
 
 PEBBLE_STATE = "/run/pkinfra-pebble.args"
 PEBBLE_LOG = "/var/log/pebble.log"
@@ -231,6 +234,118 @@ def nginx(reload: bool = False, pid: int | None = None):
             "nginx -t -q && if [ -d /run/systemd/system ]; then systemctl start nginx;"
             " else nginx >/dev/null 2>&1; fi"
         )
+
+
+#: Where pkinfra stages its nginx files and keeps the previous ones while ``nginx -t`` runs
+#: (outside every directory nginx includes).
+NGINX_STAGE = "/etc/pkinfra/nginx-stage"
+_NGINX_RELOAD = (
+    "if [ -d /run/systemd/system ]; then systemctl try-reload-or-restart nginx;"
+    " elif pidof nginx >/dev/null; then nginx -s reload; fi"
+)
+_NGINX_STATES = {
+    "absent": "nginx is not installed: pkinfra serves HTTP-01 challenges through nginx",
+    "no-python": "python3 is missing: pkinfra reads nginx's configuration with it",
+    "invalid": "nginx -t fails ({error}): pkinfra changes nothing in nginx until it passes",
+    "unreadable": "nginx's configuration could not be read ({error})",
+}
+
+
+def _refuse(state: Any, host: Any, lines: list[str]) -> bool:
+    """Execution time: the host's nginx needs its admin; every reason, one line each."""
+    for line in lines:
+        _fail(state, host, line)
+    return False
+
+
+def _swap_script(changes: list[tuple[str, bytes | None]]) -> str:
+    """Put pkinfra's staged files in place, check, and reload; on a failed check, put the
+    previous files back (a broken configuration is never left for the next reload or boot)."""
+    stage, old = q(NGINX_STAGE), q(f"{NGINX_STAGE}/old")
+    keep, install, restore = [], [], []
+    for path, data in changes:
+        name = path.rsplit("/", 1)[1]
+        saved, staged = q(f"{NGINX_STAGE}/old/{name}"), q(f"{NGINX_STAGE}/{name}")
+        keep.append(f"if [ -e {q(path)} ]; then cp -p {q(path)} {saved}; fi")
+        if data is None:
+            install.append(f"rm -f {q(path)}")
+        else:
+            install.append(f"chmod 0644 {staged} && mv -f {staged} {q(path)}")
+        restore.append(f"if [ -e {saved} ]; then mv -f {saved} {q(path)}; else rm -f {q(path)}; fi")
+    return "\n".join(
+        [
+            f"set -e; rm -rf {old}; mkdir {old}",
+            *keep,
+            *install,
+            f"if nginx -t -q 2>{stage}/check.log; then rm -rf {old}; {_NGINX_RELOAD}; else",
+            *(f"  {line}" for line in restore),
+            "  echo 'pkinfra: nginx -t refused the HTTP-01 files; the previous ones are back:' >&2",
+            f"  cat {stage}/check.log >&2; exit 1",
+            "fi",
+        ]
+    )
+
+
+@operation()
+def nginx_challenge(webroots: Sequence[str], names: Sequence[str], current: Any = None):
+    """nginx answering HTTP-01 challenges for ``names`` from ``webroots``, beside the admin's
+    own port-80 servers, whose files pkinfra never changes.
+
+    pkinfra writes the challenge location as a snippet (``pkinfra.nginx.SNIPPET``). A name no
+    admin server answers by name gets pkinfra's server block (``pkinfra.nginx.SITE``), which
+    includes it; a name an admin's server answers must be served there, through
+    ``include snippets/pkinfra-acme-challenge.conf;``: pkinfra then writes no server for it.
+    Files change together, checked by ``nginx -t`` (the previous files are put back when it
+    fails), and a running nginx is reloaded. When an admin's server still needs an edit, the
+    files are brought as far as they can go and the operation fails naming each server and the
+    edit (the snippet exists by then, so the include the admin adds is valid).
+
+    + webroots: certbot's webroots (tried in turn)
+    + names: every name of the host's HTTP-01 certificates
+    + current: the ``NginxServers`` fact (read here when not given)
+
+    **Example:**
+
+    .. code:: python
+
+        acme.nginx_challenge(webroots=["/var/www/acme"], names=["www.example.com"])
+    """
+    if not webroots or not names:
+        raise OperationError("nginx HTTP-01: needs at least one webroot and one name")
+    fact = current if current is not None else host.get_fact(NginxServers, SNIPPET, SITE)
+    if fact["state"] in _NGINX_STATES:
+        message = "nginx: " + _NGINX_STATES[fact["state"]].format(error=fact.get("error"))
+        _announce(message)
+        yield FunctionCommand(_refuse, ([message],), {})
+        return
+    plan = nginx_core.challenge_plan(fact["servers"], names, own=[SITE])
+    have = fact["own"]
+    changes: list[tuple[str, bytes | None]] = []
+    want_snippet = nginx_core.snippet(webroots).encode()
+    if have.get(SNIPPET) != _sha256(want_snippet):
+        changes.append((SNIPPET, want_snippet))
+    if plan.own_names:
+        site = nginx_core.server_block(plan.own_names, plan.addresses).encode()
+        if have.get(SITE) != _sha256(site):
+            changes.append((SITE, site))
+    elif have.get(SITE) is not None:
+        changes.append((SITE, None))
+    if not changes and not plan.problems:
+        host.noop(f"nginx serves HTTP-01 challenges: {plan.reason()}")
+        return
+    if changes:
+        what = ", ".join(f"{'remove' if d is None else 'write'} {p}" for p, d in changes)
+        _announce(f"nginx HTTP-01: {what} ({plan.reason()})")
+        yield f"mkdir -p -m 0700 {q(NGINX_STAGE)} && mkdir -p {q(SNIPPET.rsplit('/', 1)[0])}"
+        for path, data in changes:
+            if data is not None:
+                staged = f"{NGINX_STAGE}/{path.rsplit('/', 1)[1]}"
+                yield FileUploadCommand(_Bytes(data), staged)
+        yield _swap_script(changes)
+    if plan.problems:
+        for problem in plan.problems:
+            _announce(problem)
+        yield FunctionCommand(_refuse, (list(plan.problems),), {})
 
 
 # -- lab: Pebble ----------------------------------------------------------------------------------

@@ -632,3 +632,49 @@ class RolloverState(FactBase["dict[str, Any] | None"]):
         if not isinstance(state, dict):
             state = {"step": "unreadable"}
         return {"now": now, "state": state}
+
+
+# -- nginx (operations/acme.py: HTTP-01) ----------------------------------------------------------
+
+
+class NginxServers(FactBase["dict[str, Any]"]):
+    """nginx's plain-HTTP port-80 servers and pkinfra's own nginx files (``pkinfra.nginx``).
+
+    The reduction runs on the host (``python3 -I -`` fed ``pkinfra/nginx.py``): ``nginx -T``
+    prints every configuration file, which may hold secrets; only each server's place, listen
+    addresses, names, whether it includes the snippet and its server-level return/rewrite
+    come back. ``state``: ``checked`` (``nginx -T`` passed), ``snippet-missing`` (it fails only
+    because a server includes the snippet pkinfra has not written yet; the files were read as
+    nginx reads them), ``invalid`` (``error`` says where), ``unreadable``, ``absent`` (no
+    nginx) or ``no-python``.
+    """
+
+    @override
+    def command(self, snippet: str, site: str) -> str:
+        from pathlib import Path
+
+        from pkinfra import nginx
+
+        source = Path(nginx.__file__).read_text()
+        marker = "PKINFRA_NGINX_READER"
+        assert marker not in source
+        args = f"{q(snippet)} {q(site)}"
+        return (
+            'command -v python3 >/dev/null 2>&1 || { echo \'{"state": "no-python"}\'; exit 0; }\n'
+            f"python3 -I - {args} <<'{marker}'\n{source}{marker}\n"
+        )
+
+    @override
+    def process(self, output: list[str]) -> dict[str, Any]:
+        for line in output:
+            if line.startswith("{"):
+                result: dict[str, Any] = json.loads(line)
+                result.setdefault("servers", [])
+                result.setdefault("own", {})
+                return result
+        return {
+            "state": "unreadable",
+            "error": "no answer from the reader",
+            "servers": [],
+            "own": {},
+        }

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 #: Modules that add a sub-command group; a group whose module is not there yet is left out.
-GROUPS = ("pkinfra.cli_ca", "pkinfra.cli_dns", "pkinfra.cli_dane")
+GROUPS = ("pkinfra.cli_ca", "pkinfra.cli_dns", "pkinfra.cli_dane", "pkinfra.cli_status")
 
 
 class CLIError(Exception):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from cryptography import x509
 
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument(
         "--valid", action="store_true", help="only certificates that are still valid"
     )
+    listing.add_argument("--json", action="store_true", help="print the listing as JSON")
     listing.set_defaults(handler=list_command)
 
     revoke = sub.add_parser("revoke", help="revoke a certificate (the next run publishes the CRL)")
@@ -67,9 +69,12 @@ def _passphrase(inventory: Inventory, name: str) -> PassphraseSource | None:
     return PassphraseSource.parse(spec) if spec else None
 
 
-def _days(when: dt.datetime, now: dt.datetime) -> str:
-    left = (when - now).days
-    return f"{left} days" if left >= 0 else f"{-left} days ago"
+def _iso(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _left(days: int) -> str:
+    return f"{days} days" if days >= 0 else f"{-days} days ago"
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -80,50 +85,92 @@ def list_command(args: argparse.Namespace) -> int:
         _known_ca(inventory, store, args.ca)
         names = [args.ca]
     now = dt.datetime.now(dt.UTC)
-    rows = [("CA", "PARENT", "KEY", "NOT AFTER", "LEFT", "CRL NEXT UPDATE")]
+    cas: list[dict[str, Any]] = []
     for name in names:
         info = store.ca(name)
         crl = store.current_crl(name)
+        when = x509.load_pem_x509_crl(crl).next_update_utc if crl is not None else None
+        cas.append(
+            {
+                "name": name,
+                "parent": info.parent,
+                "key_type": info.key_type,
+                "not_after": _iso(info.not_after),
+                "days_left": (info.not_after - now).days,
+                "crl": crl is not None,
+                "crl_next_update": _iso(when) if when else None,
+            }
+        )
+    issued = [r for r in store.list_issued() if r.ca in names and r.kind == "leaf"]
+    # A renewal leaves the previous certificate valid until it expires: say which is current.
+    newest = {(r.host, r.cert_name): r.serial for r in issued if r.status_at(now) == "valid"}
+    certificates: list[dict[str, Any]] = []
+    for record in issued:
+        state = record.status_at(now)
+        if state == "valid" and newest[(record.host, record.cert_name)] != record.serial:
+            state = "valid (superseded)"
+        if args.valid and state != "valid":
+            continue
+        certificates.append(
+            {
+                "ca": record.ca,
+                "serial": record.serial_hex,
+                "host": record.host,
+                "certificate": record.cert_name,
+                "names": list(record.names),
+                "not_after": _iso(record.not_after),
+                "days_left": (record.not_after - now).days,
+                "status": state,
+                "revocation_reason": record.revocation_reason if state == "revoked" else None,
+            }
+        )
+    removed = issue.removed_certificates(store, inventory)
+    if args.json:
+        document = {
+            "schema": 1,
+            "cas": cas,
+            "certificates": certificates,
+            "removed": [
+                {"ca": r.ca, "serial": r.serial_hex, "host": r.host, "certificate": r.cert_name}
+                for r in removed
+            ],
+        }
+        print(json.dumps(document, indent=2), file=out)
+        return 0
+    rows = [("CA", "PARENT", "KEY", "NOT AFTER", "LEFT", "CRL NEXT UPDATE")]
+    for ca in cas:
         next_update = "none"
-        if crl is not None:
-            when = x509.load_pem_x509_crl(crl).next_update_utc
-            next_update = f"{when:%Y-%m-%d %H:%M}" if when else "?"
+        if ca["crl"]:
+            when_text = ca["crl_next_update"]
+            next_update = when_text[:16].replace("T", " ") if when_text else "?"
         rows.append(
             (
-                name,
-                info.parent or "-",
-                info.key_type,
-                f"{info.not_after:%Y-%m-%d}",
-                _days(info.not_after, now),
+                ca["name"],
+                ca["parent"] or "-",
+                ca["key_type"],
+                ca["not_after"][:10],
+                _left(ca["days_left"]),
                 next_update,
             )
         )
     _table(rows, out)
     print(file=out)
     certs = [("CA", "SERIAL", "HOST", "CERT", "NAMES", "NOT AFTER", "LEFT", "STATUS")]
-    issued = [r for r in store.list_issued() if r.ca in names and r.kind == "leaf"]
-    # A renewal leaves the previous certificate valid until it expires: say which is current.
-    newest = {(r.host, r.cert_name): r.serial for r in issued if r.status_at(now) == "valid"}
-    for record in issued:
-        status = record.status_at(now)
-        if status == "valid" and newest[(record.host, record.cert_name)] != record.serial:
-            status = "valid (superseded)"
-        if args.valid and status != "valid":
-            continue
+    for c in certificates:
+        state = c["status"]
         certs.append(
             (
-                record.ca,
-                record.serial_hex,
-                record.host,
-                record.cert_name,
-                ",".join(record.names),
-                f"{record.not_after:%Y-%m-%d}",
-                _days(record.not_after, now),
-                status if status != "revoked" else f"revoked ({record.revocation_reason})",
+                c["ca"],
+                c["serial"],
+                c["host"],
+                c["certificate"],
+                ",".join(c["names"]),
+                c["not_after"][:10],
+                _left(c["days_left"]),
+                state if state != "revoked" else f"revoked ({c['revocation_reason']})",
             )
         )
     _table(certs, out)
-    removed = issue.removed_certificates(store, inventory)
     if removed:
         print(file=out)
         for record in removed:

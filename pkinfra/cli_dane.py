@@ -23,7 +23,11 @@ def register(sub: Any) -> None:
     chk.add_argument("target", metavar="HOST:PORT")
     chk.add_argument("--starttls", choices=dane.STARTTLS)
     chk.add_argument("--name", help="the name the TLSA record is published under (default HOST)")
-    chk.add_argument("--resolver", help="a validating resolver (default: /etc/resolv.conf)")
+    chk.add_argument(
+        "--resolver",
+        help="a validating resolver, asked for the TLSA records and HOST's address "
+        "(default: /etc/resolv.conf, and the system's lookup for the address)",
+    )
     chk.add_argument("--proto", default="tcp", choices=("tcp", "udp", "sctp"))
     chk.add_argument(
         "--warn-days",

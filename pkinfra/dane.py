@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import ipaddress
 import re
 import subprocess
 from collections.abc import Sequence
@@ -141,6 +142,34 @@ def default_resolver() -> str:
         return str(dns.resolver.Resolver().nameservers[0])
     except (dns.resolver.NoResolverConfiguration, IndexError) as exc:
         raise DaneError("no resolver configured (give --resolver)") from exc
+
+
+def resolve_address(host: str, resolver: str, timeout: float = 5.0, port: int = 53) -> str:
+    """``host``'s address through ``resolver`` (A first, then AAAA); an address stays as it is.
+
+    With ``--resolver`` the handshake must reach the address that resolver gives: the system
+    resolver may not know the name at all (a lab or internal zone) or know another answer.
+    """
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host.strip("[]")
+    except ValueError:
+        pass
+    resolver_ = dns.resolver.Resolver(configure=False)
+    resolver_.nameservers = [resolver]
+    resolver_.port = port
+    resolver_.lifetime = timeout
+    problems = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            answer = resolver_.resolve(host, rdtype)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as exc:
+            problems.append(exc.__class__.__name__)
+            continue
+        except dns.exception.DNSException as exc:
+            raise DaneError(f"address of {host} via {resolver}: {exc or 'timeout'}") from exc
+        return str(answer[0])
+    raise DaneError(f"{host} has no address via {resolver} ({', '.join(problems)})")
 
 
 def lookup_tlsa(owner: str, resolver: str, timeout: float = 5.0, port: int = 53) -> Lookup:
@@ -367,7 +396,10 @@ def check(
             report.verdict = Verdict.NO_DANE
             report.summary = lookup.detail
             return report
-        chain = fetch_chain(host, port, name=name, starttls=starttls, timeout=timeout)
+        address = host
+        if resolver is not None:
+            address = resolve_address(host, resolver, timeout=min(timeout, 5.0))
+        chain = fetch_chain(address, port, name=name, starttls=starttls, timeout=timeout)
     except (DaneError, tlsa.TLSAError) as exc:
         report.summary = str(exc)
         return report

@@ -413,7 +413,8 @@ def test_a_broken_zone_is_never_installed(deployed: Inventory, tmp_path: Path) -
 
 
 def test_the_client_runs_on_the_hosts_own_python_and_key(deployed: Inventory) -> None:
-    """pkinfra.dnsupdate on Debian 12's python3 + dnspython 2.3, with mx1's installed key."""
+    """pkinfra.dnsupdate on the host's own python3 + dnspython (Debian 13: 2.7; 12: 2.3), with
+    mx1's installed key."""
     subprocess.run(
         ["docker", "cp", str(ROOT / "pkinfra" / "dnsupdate.py"), "pkinfra-mx1:/tmp/dnsupdate.py"],
         check=True,
@@ -427,12 +428,18 @@ def test_the_client_runs_on_the_hosts_own_python_and_key(deployed: Inventory) ->
         " c.replace(t, 'TLSA', [], 60); print(dns.version.version, sorted(w))"
     )
     out = docker("pkinfra-mx1", f'python3 -c "{script}"')
-    assert out.startswith("2.3") and "172.29.53.10" in out and "172.29.53.11" in out, out
+    release = docker("pkinfra-mx1", "cut -d. -f1 /etc/debian_version").strip()
+    expected = {"12": "2.3", "13": "2.7"}[release]
+    assert out.startswith(expected) and "172.29.53.10" in out and "172.29.53.11" in out, out
 
 
-def test_the_rfc2136_suite_passes_on_the_hosts_python(deployed: Inventory, tmp_path: Path) -> None:
-    """tests/unit/test_dnsupdate.py inside a lab container: Debian 12's python3, dnspython 2.3
-    and named 9.18; pytest (pure Python) is copied in beside it, the image has none."""
+@pytest.mark.parametrize("container", ["pkinfra-mx1", "pkinfra-db1"])
+def test_the_rfc2136_suite_passes_on_the_hosts_python(
+    deployed: Inventory, tmp_path: Path, container: str
+) -> None:
+    """tests/unit/test_dnsupdate.py inside a lab container of each release: mx1 runs Debian 13
+    (python 3.13, dnspython 2.7, named 9.20), db1 Debian 12 (3.11, 2.3, 9.18); pytest (pure
+    Python) is copied in beside it, the image has none."""
     import _pytest
     import iniconfig
     import packaging
@@ -455,19 +462,19 @@ def test_the_rfc2136_suite_passes_on_the_hosts_python(deployed: Inventory, tmp_p
         shutil.copytree(source, inbox / "lib" / source.name, ignore=shutil.ignore_patterns("*.pyc"))
     # pytest's one-file `py` shim sits beside the packages.
     shutil.copy(Path(str(_pytest.__file__)).parents[1] / "py.py", inbox / "lib" / "py.py")
-    docker("pkinfra-mx1", "rm -rf /tmp/pkinfra-inbox")
+    docker(container, "rm -rf /tmp/pkinfra-inbox")
     subprocess.run(
-        ["docker", "cp", str(inbox), "pkinfra-mx1:/tmp/pkinfra-inbox"], check=True, timeout=60
+        ["docker", "cp", str(inbox), f"{container}:/tmp/pkinfra-inbox"], check=True, timeout=60
     )
     run = subprocess.run(
         [
             "docker", "exec", "-w", "/tmp/pkinfra-inbox/src",
             "-e", "PYTHONPATH=/tmp/pkinfra-inbox/lib:/tmp/pkinfra-inbox/src",
-            "pkinfra-mx1", "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            container, "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider",
             "tests/unit/test_dnsupdate.py",
         ],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout
-    docker("pkinfra-mx1", "rm -rf /tmp/pkinfra-inbox")
+    docker(container, "rm -rf /tmp/pkinfra-inbox")

@@ -32,6 +32,7 @@ from lab.topology import (
     SSH_ROLES,
     SSH_USER,
     SUBNET,
+    SUITES,
     container_name,
     hostname,
     resolv_conf,
@@ -87,7 +88,8 @@ def test_down_then_up_rebuilds_the_lab(docker_client: Any) -> None:
     assert not [n for n in leftovers if n.startswith("pkinfra-")]
     assert not [v.name for v in docker_client.volumes.list() if "pkinfra" in v.name]
     assert not lab.status().ok
-    assert docker_client.images.get(images.lab_spec().tag)  # the cache survives `down`
+    for tag in {spec.tag for spec in images.lab_specs().values()}:
+        assert docker_client.images.get(tag)  # the cache survives `down`
     assert lab.up().ok
     assert lab.status().ok
 
@@ -100,8 +102,8 @@ def test_every_host_runs_on_the_internal_network_only(
     network = docker_client.networks.get(NETWORK)
     assert network.attrs["Internal"] is True
     assert network.attrs["IPAM"]["Config"] == [{"Subnet": SUBNET, "Gateway": GATEWAY}]
-    image = images.lab_spec()
     for role, address in HOSTS.items():
+        image = images.lab_spec(SUITES[role])
         container = docker_client.containers.get(container_name(role))
         assert container.status == "running"
         assert containers.networks_of(container) == {NETWORK: address}
@@ -281,14 +283,24 @@ def test_unreachable_daemon_is_one_clear_line() -> None:
     assert lines[0].startswith("lab: error: the Docker daemon is unreachable")
 
 
-def test_image_tags_follow_their_inputs() -> None:
-    base, lab_image = images.base_spec(), images.lab_spec()
-    assert base.tag == images.base_spec().tag
+@pytest.mark.parametrize("suite", ["trixie", "bookworm"])
+def test_image_tags_follow_their_inputs(suite: str) -> None:
+    base, lab_image = images.base_spec(suite), images.lab_spec(suite)
+    assert base.tag == images.base_spec(suite).tag
     assert lab_image.inputs["base"] == base.tag
-    assert set(images.PACKAGES) <= set(images.build_script().split())
+    assert set(images.PACKAGES) <= set(images.build_script(suite).split())
+    assert f"deb {images.MIRROR} {suite} main" in images.build_script(suite)
     changed = images.ImageSpec(lab_image.repository, {**lab_image.inputs, "packages": ["bind9"]})
     assert changed.digest != lab_image.digest
     assert len(lab_image.digest) == 12
+
+
+def test_both_releases_run_hosts_and_each_has_its_own_image() -> None:
+    # CI proves Debian 13 and 12: managed hosts of both releases, a service host on 12 among them.
+    managed = {SUITES[role] for role in SSH_ROLES}
+    assert managed == {"trixie", "bookworm"}
+    assert SUITES["db1"] == "bookworm"
+    assert images.lab_spec("trixie").tag != images.lab_spec("bookworm").tag
 
 
 @dataclass
@@ -304,7 +316,7 @@ class FakeContainer:
 
 
 def _current(role: str, **overrides: Any) -> FakeContainer:
-    image = images.lab_spec()
+    image = images.lab_spec(SUITES[role])
     labels = {
         LABEL_LAB: "1",
         LABEL_IMAGE: image.digest,
@@ -328,7 +340,7 @@ def _current(role: str, **overrides: Any) -> FakeContainer:
     ],
 )
 def test_stale_reason(overrides: dict[str, Any], reason: str | None) -> None:
-    image = images.lab_spec()
+    image = images.lab_spec(SUITES["mon1"])
     found = containers.stale_reason(_current("mon1", **overrides), "mon1", image.tag, image.digest)
     if reason is None:
         assert found is None

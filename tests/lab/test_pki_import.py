@@ -189,7 +189,7 @@ def test_imported_mkcert_ca_keeps_validating_what_it_issued(import_inventory: Pa
             ok, text = verify(ca_file, leaf)
             assert ok, f"{leaf} against {ca_file}: {text}"
     issuer = sh(f"openssl x509 -in {new} -noout -issuer").stdout
-    assert "CN = mkcert me@laptop" in issuer, issuer
+    assert "CN=mkcert me@laptop" in issuer.replace(" = ", "="), issuer  # OpenSSL 3.0 or 3.5
     # The control: the lab's own root does not vouch for the mkcert CA's certificates.
     ok, _ = verify(LAB_ROOT, OLD_LEAF)
     assert not ok

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from lab.topology import SSH_ROLES, SSH_USER, hostname
 from pkinfra.model import load_inventory_file
-from tests.lab.test_dns import docker, pyinfra
+from tests.lab.test_dns import RESOLVER, docker, pyinfra
+from tests.lab.test_services import file_serial, served_serial
 
 ROOT = Path(__file__).resolve().parents[2]
 TSIG_KEY = "/etc/pkinfra/tsig.key"
@@ -70,3 +72,54 @@ def test_a_secret_upload_through_sudo_is_staged_privately(site_deployed: str) ->
     assert re.fullmatch(r"/tmp/pkinfra-stage-[0-9a-f]{24}/upload", written[0]), written
     assert docker("pkinfra-web1", "ls -d /tmp/pkinfra-stage-* 2>/dev/null || true").strip() == ""
     assert docker("pkinfra-web1", "ls /tmp/pyinfra-* 2>/dev/null || true").strip() == ""
+
+
+def test_certbot_service_renews_delivers_and_publishes_on_its_own(site_deployed: str) -> None:
+    """What Debian's certbot.timer starts, started by hand: a lineage renewed on mx1 (Debian 13,
+    certbot 4.0) reaches Postfix by a reload through systemd and its TLSA record is published,
+    with nothing run from the controller."""
+    live = "/etc/letsencrypt/live/mail/cert.pem"
+    conf = "/etc/letsencrypt/renewal/mail.conf"
+    unit = "postfix@-.service"
+    main_pid = docker("pkinfra-mx1", f"systemctl show -p MainPID --value {unit}").strip()
+    before = file_serial("pkinfra-mx1", live)
+    assert served_serial(25, "smtp", "mx1.example.test") == before
+    shown = docker("pkinfra-mx1", "journalctl -n 0 --show-cursor --no-pager")
+    cursor = shown.rsplit("-- cursor: ", 1)[1].strip()
+    saved = docker("pkinfra-mx1", f"cat {conf}")
+    # Make the lineage due (as time would), then let the timer's service do everything.
+    due = "renew_before_expiry = 100000 days"
+    docker("pkinfra-mx1", f"sed -i -e '/^renew_before_expiry/d' -e '1i {due}' {conf}")
+    try:
+        docker("pkinfra-mx1", "systemctl start certbot.service")
+    finally:
+        subprocess.run(
+            ["docker", "exec", "-i", "pkinfra-mx1", "sh", "-c", f"cat > {conf}"],
+            input=saved,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    result = docker("pkinfra-mx1", "systemctl show -p Result --value certbot.service").strip()
+    assert result == "success", docker("pkinfra-mx1", "journalctl -u certbot --no-pager | tail -30")
+    after = file_serial("pkinfra-mx1", live)
+    assert after != before
+    assert served_serial(25, "smtp", "mx1.example.test") == after
+    # A reload through systemd: the journal says so, and the main process is the same.
+    journal = docker("pkinfra-mx1", f"journalctl -o cat --no-pager --after-cursor '{cursor}'")
+    assert "Reloading" in journal and "postfix" in journal.lower(), journal[-2000:]
+    assert docker("pkinfra-mx1", f"systemctl show -p MainPID --value {unit}").strip() == main_pid
+    # The TLSA record every resolver sees matches the key now served.
+    spki = docker(
+        "pkinfra-mx1",
+        f"openssl x509 -in {live} -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum",
+    ).split()[0]
+    records = subprocess.run(
+        ["dig", "+short", f"@{RESOLVER}", "_25._tcp.mx1.example.test", "TLSA"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    assert any(line.replace(" ", "").lower().endswith(spki) for line in records.splitlines()), (
+        records
+    )

@@ -92,7 +92,7 @@ def postmaster_pid() -> str:
 
 
 def agent_pid() -> str:
-    return sh("pkinfra-db1", "pgrep -f 'openssl s_server -accept 9102'").stdout.strip()
+    return sh("pkinfra-db1", "systemctl show -p MainPID --value lab-backup-agent").stdout.strip()
 
 
 def revoke(ca: str, serial: str) -> None:
@@ -121,6 +121,27 @@ def test_mon1_connects_to_postgresql_with_its_client_certificate(deployed: str) 
     )
     refused = sh("pkinfra-mon1", f"psql '{conninfo}' -tAc 'select 1'")
     assert refused.returncode != 0
+
+
+def test_a_sibling_sub_ca_client_certificate_is_refused(deployed: str) -> None:
+    """PostgreSQL trusts the duckcorp root (clients.pem holds duckcorp-monitoring and its root,
+    which OpenSSL needs to build a chain), so a certificate of the sibling sub-CA
+    duckcorp-backup passes the TLS handshake; what refuses it is the ``cert`` method's CN map
+    (pg_ident.conf maps only mon1.monitoring.example.test), and the CN of a duckcorp-backup
+    certificate can only lie under backup.example.test (its name constraints, enforced by
+    pkinfra when it signs). Tried from db1 with its own backup certificate (client usage)."""
+    backup = "/etc/pkinfra/certs/backup"
+    conninfo = (
+        "host=db1.example.test dbname=postgres user=monitoring sslmode=verify-full "
+        f"sslrootcert={ROOT_CA} sslcert={backup}/fullchain.pem sslkey={backup}/key.pem"
+    )
+    refused = sh("pkinfra-db1", f"psql '{conninfo}' -tAc 'select current_user'")
+    assert refused.returncode != 0
+    assert 'certificate authentication failed for user "monitoring"' in refused.stderr, (
+        refused.stderr
+    )
+    # The same client with the monitoring certificate is let in: the refusal is the CA's.
+    assert psql(f"{CLIENT}/fullchain.pem", f"{CLIENT}/key.pem").stdout.strip() == "monitoring"
 
 
 def reloads() -> int:
@@ -183,9 +204,11 @@ PEBBLE_KEY = ("/etc/pebble/key.pem", "600 root root")
 #: key certbot keeps in keys/ 0600, account keys 0400.
 CERTBOT_KEY_STATE = "600 root root"
 CERTBOT_KEYS = {
-    "/etc/letsencrypt/keys/*_key-certbot.pem": "600 root root",
     "/etc/letsencrypt/accounts/*/private_key.json": "400 root root",
 }
+#: certbot 2.1 (Debian 12) also keeps a copy of every key it made in keys/; certbot 4.0
+#: (Debian 13) no longer writes that directory.
+CERTBOT_2_KEYS = {"/etc/letsencrypt/keys/*_key-certbot.pem": "600 root root"}
 #: Keys that pkinfra does not write, made by the lab image's Debian packages: only checked for
 #: access by others. Anything else that holds a key fails the walk.
 NOT_PKINFRA = (
@@ -211,7 +234,7 @@ def container_of(spec: HostSpec) -> str:
     return f"pkinfra-{spec.fqdn.split('.')[0]}"
 
 
-def expected_keys(site: Inventory, spec: HostSpec) -> dict[str, str]:
+def expected_keys(site: Inventory, spec: HostSpec, release: str = "13") -> dict[str, str]:
     """Path (or glob) -> "mode owner group" of every key file pkinfra puts on ``spec``."""
     wanted = {
         f.path: f"{int(f.file_mode, 8):o} {f.owner} {f.group}"
@@ -227,7 +250,7 @@ def expected_keys(site: Inventory, spec: HostSpec) -> dict[str, str]:
         else:
             wanted[f"{cert.host_directory}/key.pem"] = CA_ISSUED_KEY_STATE
     if any(c.is_acme for c in spec.certificates):
-        wanted |= CERTBOT_KEYS
+        wanted |= CERTBOT_KEYS | (CERTBOT_2_KEYS if release == "12" else {})
     dns = zones.render_site(site, keys=zones.key_names(site))
     if spec.fqdn in dns.key_holders:
         wanted[HOST_TSIG_KEY[0]] = HOST_TSIG_KEY[1]
@@ -265,7 +288,8 @@ def test_every_key_file_has_the_inventory_owner_group_and_mode(deployed: str) ->
     seen: dict[str, int] = {}
     for spec in site.hosts.values():
         container = container_of(spec)
-        wanted = expected_keys(site, spec)
+        release = sh(container, "cut -d. -f1 /etc/debian_version").stdout.strip()
+        wanted = expected_keys(site, spec, release)
         found = key_files(container)
         for path, state in sorted(found.items()):
             mode = int(state.split()[0], 8)
