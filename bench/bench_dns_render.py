@@ -96,9 +96,9 @@ def main(argv: Sequence[str] = ()) -> None:
     assert isinstance(site, zones.Site)
     delegations = len(inventory.all_delegations())
     sizes = {
-        "named_conf_local_primary_bytes": len(site.primary.config["/etc/bind/named.conf.local"]),
+        "named_conf_local_primary_bytes": len(site.primary.config[zones.Layout().config_file]),
         "main_zone_bytes": len(site.primary.zones[0].text),
-        "grants": site.primary.config["/etc/bind/named.conf.local"].count("\t\tgrant "),
+        "grants": site.primary.config[zones.Layout().config_file].count("\t\tgrant "),
     }
     results: dict[str, Any] = {
         "hosts": args.hosts,

@@ -1,7 +1,9 @@
 """The DNS master: BIND primary and secondaries, zones, DNSSEC, the shadow zone, TSIG keys.
 
 Everything is derived from the WHOLE inventory (also under ``--limit``): the primary gets every
-zone, every delegating host's key and grant; each secondary the transfer key and the zone list;
+zone, every delegating host's key and grant; each secondary the transfer key and the zone list
+(all in pkinfra's one configuration file, which the site's admin includes; a zone the admin keeps
+gets only its include file, which the admin's zone file ``$INCLUDE``s);
 each host with delegations its own key (``/etc/pkinfra/tsig.key``, 0600 root). Keys are made on
 the controller under the inventory's ``secrets_dir`` and never printed.
 """
@@ -66,6 +68,12 @@ site = site_of(inv)
 layout = zones.Layout()
 server = site.server(spec.fqdn)
 
+# Every authoritative server, asked after an admin's zone changed (they serve its include).
+dns_servers = [
+    str(inv.host(fqdn).address)
+    for fqdn in (inv.settings.dns.primary, *inv.settings.dns.secondaries)
+]
+
 if server is not None:
     system.packages(name="BIND", packages=["bind9", "bind9-utils", "bind9-dnsutils"])
     files.directory(
@@ -92,8 +100,13 @@ if server is not None:
         )
     dns.named(
         name=f"BIND {server.role}",
-        config=server.config,
+        config=server.config[layout.config_file],
         zones=[asdict(z) for z in server.zones],
+        config_file=layout.config_file,
+        admin_conf=layout.admin_conf,
+        include_into=layout.include_into,
+        working_dir=layout.working_dir,
+        servers=dns_servers,
     )
     dns.stale_files(
         name="TSIG keys of hosts no longer in the inventory",

@@ -10,8 +10,9 @@ secrets_dir = "pki/secrets"
 zones = [
     # A short TLSA TTL keeps the lab's key rollover tests quick (step 2 waits one TTL).
     {"name": "example.test", "tlsa_ttl": 30},
-    # Unsigned on purpose: the DANE checker's "no DANE" case.
-    {"name": "unsigned.test", "signed": False},
+    # Unsigned on purpose: the DANE checker's "no DANE" case. Kept by hand by the site's admin
+    # (lab/deploys/bind_admin.py writes its first version): pkinfra only writes its include file.
+    {"name": "unsigned.test", "signed": False, "admin_file": "/etc/bind/db.unsigned.test"},
 ]
 
 # Receives ACME challenges and host-managed TLSA records by RFC 2136 (CNAMEs point here).

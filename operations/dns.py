@@ -8,8 +8,12 @@ server keeps its configuration, and the checker's message is shown.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -20,16 +24,34 @@ from pyinfra.api.command import FileUploadCommand
 from typing_extensions import override
 
 from operations.context import announce, upload_private_to_host
-from operations.facts import DirectoryFiles, FileDigest, ProcessId, ZoneHeader
+from operations.facts import (
+    AdminZone,
+    BindIncludes,
+    DirectoryFiles,
+    FileDigest,
+    ProcessId,
+    ZoneHeader,
+)
 from operations.util import ownership_fixes, q
 from pkinfra import tsig
-from pkinfra.zones import next_serial
+from pkinfra.publication import served_everywhere
+from pkinfra.zones import (
+    Layout,
+    ZoneError,
+    admin_serial,
+    include_chain,
+    next_serial,
+    soa_serial_span,
+)
 
 STAGED = ".pkinfra-new"
 CHECKED = ".pkinfra-check"
 NAMED_START = "/etc/init.d/named start >/var/log/pkinfra-named-start.log 2>&1"
 NAMED_LOG = "/var/log/pkinfra-named-start.log"
 UNBOUND_PID = "/run/unbound.pid"
+#: How long a run waits for every authoritative server to serve an admin's zone's change.
+SERVED_WAIT = 30
+_LAYOUT = Layout()
 
 
 class _Text(StringIO):
@@ -237,54 +259,82 @@ def stale_files(directory: str, keep: list[str], suffix: str = ".key"):
 
 @operation()
 def named(
-    config: dict[str, str],
+    config: str,
     zones: list[dict[str, Any]] | None = None,
-    check_conf: str = "/etc/bind/pkinfra/check.conf",
+    config_file: str = _LAYOUT.config_file,
+    admin_conf: str = _LAYOUT.admin_conf,
+    include_into: str = _LAYOUT.include_into,
+    working_dir: str = _LAYOUT.working_dir,
+    servers: list[str] | None = None,
     now: int | None = None,
 ):
     """
-    Ensure BIND runs with this configuration and these zone files; reload only what changed.
+    Ensure BIND runs with pkinfra's configuration file and zones; reload only what changed.
 
-    + config: path -> content of the configuration pieces (``named.conf.options``, ``.local``)
+    + config: pkinfra's one configuration file (``pkinfra.zones``), included by the admin
     + zones: zone files as ``pkinfra.zones.ZoneFile`` fields (``zone``, ``path``, ``text`` with
-      ``@SERIAL@``, ``content``, ``dynamic``, ``include_path``, ``include_text``)
-    + check_conf: where the configuration check's own named.conf is written
+      ``@SERIAL@``, ``content``, ``dynamic``, ``include_path``, ``include_text``, ``admin_file``)
+    + config_file: where it goes; ``admin_conf`` (named.conf) must reach it through ``include``
+      statements, else the operation refuses and names the line to add to ``include_into``
+    + working_dir: named's ``directory`` (relative ``$INCLUDE`` paths of an admin's zone)
+    + servers: addresses of every authoritative server: after an admin's zone changed, each
+      must serve its TLSA records (``pkinfra.publication.served_everywhere``)
     + now: the clock for new serials (tests)
 
     A static zone's file is rewritten when its content hash changed, with a serial above the
-    last; a dynamic zone's file only when it is absent. Everything new is written beside
-    (``.pkinfra-new``) and checked (``named-checkconf``, ``named-checkzone -k fail``) before
-    anything is renamed into place; then ``rndc reconfig`` for configuration, ``rndc reload
-    <zone>`` for changed zones, or a start when named is not running.
+    last; a dynamic zone's file only when it is absent. A zone the admin keeps (``admin_file``)
+    gets only its include file; when that changes, the admin's file gets a new SOA serial
+    (``pkinfra.zones.admin_serial``, those bytes only) and must already ``$INCLUDE`` it.
+    Everything new is written beside (``.pkinfra-new``) and checked (``named-checkconf`` on the
+    admin's whole configuration with the new file in place of pkinfra's, ``named-checkzone``)
+    before anything is renamed into place; then ``rndc reconfig`` for configuration, ``rndc
+    reload <zone>`` for changed zones, or a start when named is not running.
 
     **Example:**
 
     .. code:: python
 
         site = pkinfra.zones.render_site(inventory())
-        dns.named(config=site.primary.config, zones=[asdict(z) for z in site.primary.zones])
+        dns.named(config=site.primary.config[layout.config_file],
+                  zones=[asdict(z) for z in site.primary.zones])
     """
     zones = zones or []
     clock = int(time.time()) if now is None else now
+    include_line = f'include "{config_file}";'
+    edges = host.get_fact(BindIncludes, conf=admin_conf)
+    if edges is None:
+        raise OperationError(
+            f"named: {admin_conf} does not exist (BIND not installed yet?): once it does, add"
+            f" the line '{include_line}' to {include_into} and run again"
+        )
+    chain = include_chain(edges, admin_conf, config_file)
+    if chain is None:
+        raise OperationError(
+            f"named: BIND's configuration does not include pkinfra's: add the line"
+            f" '{include_line}' to {include_into} (read through {admin_conf}) and run again"
+        )
     pid = host.get_fact(ProcessId, program="named")
 
-    changed_config: list[str] = []
-    for path, text in config.items():
-        info = host.get_fact(FileDigest, path=path)
-        if info is False:
-            raise OperationError(f"named: {path} exists but is not a regular file")
-        if not isinstance(info, dict) or info["sha256"] != _sha256(text):
-            changed_config.append(path)
+    info = host.get_fact(FileDigest, path=config_file)
+    if info is False:
+        raise OperationError(f"named: {config_file} exists but is not a regular file")
+    config_changed = not isinstance(info, dict) or info["sha256"] != _sha256(config)
 
     changed_zones: list[tuple[dict[str, Any], int, bool]] = []
+    changed_admin: list[tuple[dict[str, Any], _AdminChange]] = []
     for zone in zones:
+        if zone.get("admin_file"):
+            change = _admin_change(zone, clock)
+            if change is not None:
+                changed_admin.append((zone, change))
+            continue
         header = host.get_fact(ZoneHeader, path=zone["path"])
         if header is None:
             changed_zones.append((zone, next_serial(None, clock), True))
         elif not zone.get("dynamic") and header["content"] != zone["content"]:
             changed_zones.append((zone, next_serial(header["serial"], clock), False))
 
-    if not changed_config and not changed_zones:
+    if not config_changed and not changed_zones and not changed_admin:
         if pid is None:
             announce("named: not running; will start it")
             yield f"{NAMED_START} || {{ cat {NAMED_LOG} >&2; exit 1; }}"
@@ -293,28 +343,34 @@ def named(
         host.noop(f"named (pid {pid}): configuration and {len(zones)} zones are current")
         return
 
-    reasons = [f"{p} changed" for p in changed_config] + [
+    reasons = [f"{config_file} changed"] if config_changed else []
+    reasons += [
         f"zone {z['zone']} {'written first' if new else f'changed (serial {serial})'}"
         for z, serial, new in changed_zones
     ]
+    reasons += [
+        f"zone {z['zone']}: {z['include_path']} changed; serial {c.old} -> {c.new} in"
+        f" {z['admin_file']}"
+        for z, c in changed_admin
+    ]
     announce(f"named: {'; '.join(reasons)}")
     staged: list[str] = []
-    for path in changed_config:
-        staged.append(path + STAGED)
-        yield FileUploadCommand(_Text(config[path]), path + STAGED)
+    if config_changed:
+        staged.append(config_file + STAGED)
+        yield FileUploadCommand(_Text(config), config_file + STAGED)
     for zone, serial, _new in changed_zones:
         staged.append(zone["path"] + STAGED)
         yield FileUploadCommand(_Text(zone["text"].replace("@SERIAL@", str(serial))), staged[-1])
         if zone.get("include_path"):
             staged.append(zone["include_path"] + STAGED)
             yield FileUploadCommand(_Text(zone.get("include_text", "")), staged[-1])
+    for zone, change in changed_admin:
+        staged += [zone["include_path"] + STAGED, zone["admin_file"] + STAGED]
+        yield FileUploadCommand(_Text(zone["include_text"]), zone["include_path"] + STAGED)
+        yield _admin_staged(zone, change, staged)
 
-    if changed_config:
-        includes = "".join(
-            f'include "{path + STAGED if path in changed_config else path}";\\n' for path in config
-        )
-        yield f"printf '{includes}' > {q(check_conf)}"
-        yield _refuse(f"named-checkconf {q(check_conf)}", "the new BIND configuration", staged)
+    if config_changed:
+        yield from _check_config(chain, config_file, staged)
     for zone, _serial, _new in changed_zones:
         new = zone["path"] + STAGED
         checked = zone["path"] + CHECKED
@@ -330,15 +386,37 @@ def named(
             [*staged, checked],
         )
         yield f"rm -f {q(checked)}"
+    for zone, _change in changed_admin:
+        # The admin's file as it will be, its $INCLUDE pointing at the staged include: checked
+        # from named's directory, where its relative $INCLUDEs (if any) resolve.
+        checked = zone["include_path"] + CHECKED
+        include = zone["include_path"]
+        pattern = f'^([$]INCLUDE[[:space:]]+"?){_ere(include)}("?([[:space:]]|$))'
+        script = f"s#{pattern}#\\1{include}{STAGED}\\2#"
+        yield f"sed -E {q(script)} {q(zone['admin_file'] + STAGED)} > {q(checked)}"
+        yield _refuse(
+            f"named-checkzone -w {q(working_dir)} {q(zone['zone'])} {q(checked)}",
+            f"zone {zone['zone']} (the admin's {zone['admin_file']} with pkinfra's new include)",
+            [*staged, checked],
+        )
+        yield f"rm -f {q(checked)}"
 
-    for path in changed_config:
-        yield _install(path + STAGED, path, "root", "bind", "0644")
+    if config_changed:
+        yield _install(config_file + STAGED, config_file, "root", "bind", "0644")
     for zone, _serial, _new in changed_zones:
         if zone.get("include_path"):
             yield _install(
                 zone["include_path"] + STAGED, zone["include_path"], "root", "bind", "0644"
             )
         yield _install(zone["path"] + STAGED, zone["path"], "bind", "bind", "0644")
+    for zone, change in changed_admin:
+        # The admin's file first: an include installed without its serial would never reach
+        # the secondaries, while a serial moved twice does no harm.
+        yield (
+            f"{_unchanged(zone['admin_file'], change.sha256, staged)}"
+            f" && mv -f {q(zone['admin_file'] + STAGED)} {q(zone['admin_file'])}"
+        )
+        yield _install(zone["include_path"] + STAGED, zone["include_path"], "root", "bind", "0644")
 
     if pid is None:
         # A static zone's raw journal holds the differences between our earlier files; one
@@ -351,14 +429,138 @@ def named(
             yield f"rm -f {' '.join(q(p) for p in stale)}"
         yield f"{NAMED_START} || {{ cat {NAMED_LOG} >&2; exit 1; }}"
         yield _wait_rndc()
-        return
-    if changed_config:
-        yield "rndc reconfig"
-    for zone, _serial, new in changed_zones:
-        # reconfig loads a zone that is new to the configuration; a dynamic zone is named's
-        # own (a reload would refuse it, and its file was only written because it was absent).
-        if not zone.get("dynamic") and not (new and changed_config):
+    else:
+        if config_changed:
+            yield "rndc reconfig"
+        for zone, _serial, new in changed_zones:
+            # reconfig loads a zone that is new to the configuration; a dynamic zone is named's
+            # own (a reload would refuse it, and its file was only written because it was absent).
+            if not zone.get("dynamic") and not (new and config_changed):
+                yield f"rndc reload {q(zone['zone'])}"
+        for zone, _change in changed_admin:
             yield f"rndc reload {q(zone['zone'])}"
+    records = [rec for zone, _c in changed_admin for rec in _tlsa_of(zone["include_text"])]
+    if servers and records:
+        yield FunctionCommand(_served, (records, list(servers)), {})
+
+
+@dataclass(frozen=True)
+class _AdminChange:
+    """What an admin's zone gets: its file's hash as read, and the serial's bytes and values."""
+
+    sha256: str
+    start: int
+    end: int
+    old: int
+    new: int
+
+
+def _admin_change(zone: dict[str, Any], clock: int) -> _AdminChange | None:
+    """Plan time: None when pkinfra's include file of an admin's zone is current; refuses when
+    the admin's file is missing, does not ``$INCLUDE`` it, or has no SOA serial to move."""
+    name, path, include = zone["zone"], zone["admin_file"], zone["include_path"]
+    info = host.get_fact(AdminZone, path=path, include=include)
+    if info is None:
+        raise OperationError(f"zone {name}: the admin's zone file {path} does not exist")
+    if not isinstance(info, dict):
+        raise OperationError(
+            f"zone {name}: {path} is not a regular file (a symbolic link?): pkinfra renames its"
+            " new serial into place; set admin_file to the file itself"
+        )
+    if not info["includes"]:
+        raise OperationError(
+            f"zone {name}: {path} does not include pkinfra's records: add the line"
+            f' $INCLUDE "{include}" to it'
+        )
+    have = host.get_fact(FileDigest, path=include)
+    if have is False:
+        raise OperationError(f"zone {name}: {include} exists but is not a regular file")
+    if isinstance(have, dict) and have["sha256"] == _sha256(zone["include_text"]):
+        return None
+    try:
+        serial, start, end = soa_serial_span(base64.b64decode(info["head"]))
+    except ZoneError as exc:
+        raise OperationError(
+            f"zone {name}: {path}: {exc} (pkinfra moves the serial on its SOA line)"
+        ) from None
+    today = dt.datetime.fromtimestamp(clock, dt.UTC).date()
+    return _AdminChange(info["sha256"], start, end, serial, admin_serial(serial, today))
+
+
+def _unchanged(path: str, sha256: str, staged: list[str]) -> str:
+    """Shell: the admin's file is still what the plan read, else nothing is installed."""
+    cleanup = " ".join(q(p) for p in staged)
+    return (
+        f'[ "$(sha256sum < {q(path)} | cut -c1-64)" = {sha256} ] || {{ echo "pkinfra: {path}'
+        f' changed since this run read it; nothing was installed, run again" >&2;'
+        f" rm -f {cleanup}; exit 1; }}"
+    )
+
+
+def _admin_staged(zone: dict[str, Any], change: _AdminChange, staged: list[str]) -> str:
+    """Shell: the admin's file beside itself (same owner and mode) with only its serial's bytes
+    replaced."""
+    path = q(zone["admin_file"])
+    new = q(zone["admin_file"] + STAGED)
+    return (
+        f"{_unchanged(zone['admin_file'], change.sha256, staged)} && cp -p {path} {new}"
+        f" && {{ head -c {change.start} {path} && printf %s {change.new}"
+        f" && tail -c +{change.end + 1} {path}; }} > {new}"
+    )
+
+
+def _check_config(chain: list[str], config_file: str, staged: list[str]) -> Iterator[str]:
+    """Shell: ``named-checkconf`` on the admin's whole configuration with the staged file in
+    place of pkinfra's: a copy of each file of the include chain, pointing at the next copy."""
+    directory = config_file.rpartition("/")[0]
+    copies = [f"{directory}/check-{i}.conf" for i in range(len(chain))]
+    targets = [*copies[1:], config_file + STAGED]
+    originals = [*chain[1:], config_file]
+    for path, copy, original, target in zip(chain, copies, originals, targets, strict=True):
+        script = f's#"{_ere(original)}"#"{target}"#'
+        yield f"sed -E {q(script)} {q(path)} > {q(copy)}"
+    yield _refuse(
+        f"named-checkconf {q(copies[0])}",
+        f"BIND's configuration with the new {config_file}",
+        [*staged, *copies],
+    )
+    yield f"rm -f {' '.join(q(c) for c in copies)}"
+
+
+def _ere(text: str) -> str:
+    """``text`` as a literal in an extended regex (and a ``#``-delimited sed script)."""
+    return "".join("\\" + c if c in ".[](){}*+?|^$\\#" else c for c in text)
+
+
+def _tlsa_of(include_text: str) -> list[tuple[str, str]]:
+    """(owner, value) of the TLSA records of an include file (as ``pkinfra.zones`` writes it)."""
+    records = []
+    for line in include_text.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 5 and fields[3] == "TLSA":
+            records.append((fields[0], fields[4]))
+    return records
+
+
+def _served(state: Any, host: Any, records: list[tuple[str, str]], servers: list[str]) -> bool:
+    """Execution time, from the controller: every authoritative server serves the admin's
+    zone's new TLSA records (the primary reloaded, the secondaries notified and transferred)."""
+    deadline = time.monotonic() + SERVED_WAIT
+    while True:
+        reason = next(
+            (why for owner, value in records if (why := served_everywhere(owner, value, servers))),
+            "",
+        )
+        if not reason:
+            return True
+        if time.monotonic() > deadline:
+            host.log_styled(
+                f"pkinfra: after {SERVED_WAIT} s: {reason} (is the zone transferred to it?)",
+                fg="red",
+                log_func=logger.error,
+            )
+            return False
+        time.sleep(0.2)
 
 
 def _wait_rndc() -> str:

@@ -316,6 +316,93 @@ class ZoneHeader(FactBase[ZoneHeaderInfo | None]):
         return {"serial": serial, "content": content}
 
 
+class BindIncludes(FactBase[list[tuple[str, str]] | None]):
+    """The ``include`` statements of BIND's configuration: (file, included file) pairs, found
+    by following the includes from ``conf`` (named.conf) down.
+
+    Returns None when ``conf`` is absent (BIND not installed). Only file names are printed: key
+    files are read for include statements too, but nothing of them is shown (``named-checkconf
+    -p`` would print their secrets, so it is not used). Commented-out lines (``//``, ``#``) do
+    not count; absolute include paths (Debian's layout). ``pkinfra.zones.include_chain`` finds
+    how pkinfra's file is reached.
+    """
+
+    @override
+    def command(self, conf: str) -> str:
+        script = q(r's/^[[:space:]]*include[[:space:]]+"([^"]+)"[[:space:]]*;.*/\1/p')
+        return (
+            f"[ -f {q(conf)} ] || exit 0; echo present; todo={q(conf)}; seen=' '; n=0;"
+            ' while [ -n "$todo" ] && [ $n -lt 200 ]; do n=$((n+1));'
+            ' set -- $todo; f=$1; shift; todo="$*";'
+            ' case "$seen" in *" $f "*) continue;; esac; seen="$seen$f ";'
+            ' [ -f "$f" ] || continue;'
+            f' for i in $(sed -nE {script} "$f"); do'
+            ' echo "include $f $i"; todo="$todo $i"; done; done'
+        )
+
+    @override
+    def process(self, output: list[str]) -> list[tuple[str, str]] | None:
+        if not output:
+            return None
+        edges = [line.split(" ", 2) for line in output[1:] if line.startswith("include ")]
+        return [(edge[1], edge[2]) for edge in edges if len(edge) == 3]
+
+
+def include_pattern(include: str) -> str:
+    """An extended regex matching the zone-file line ``$INCLUDE <include>`` (quoted or not)."""
+    literal = "".join("\\" + c if c in ".[](){}*+?|^$\\" else c for c in include)
+    return f'^[$]INCLUDE[[:space:]]+"?{literal}"?([[:space:]]|$)'
+
+
+class AdminZoneInfo(TypedDict):
+    sha256: str
+    #: The line ``$INCLUDE "<include>"`` (quoted or not) is in the file.
+    includes: bool
+    #: The file up to the end of its SOA record (base64 of the bytes; zone data, no secret).
+    head: str
+
+
+class AdminZone(FactBase[AdminZoneInfo | bool | None]):
+    """A zone file the admin keeps: its SHA-256, whether it ``$INCLUDE``s ``include``, and its
+    beginning up to the end of the SOA record (to find the serial's bytes).
+
+    Returns None when absent, False when the path is not a regular file (a symbolic link is
+    refused too: pkinfra renames a new file into its place).
+    """
+
+    @override
+    def command(self, path: str, include: str) -> str:
+        # SOA: the first line with an SOA token outside comments, then until its parentheses
+        # close. The controller parses exactly those bytes (pkinfra.zones.soa_serial_span).
+        soa_end = q(
+            r'{ l = $0; sub(/;.*/, "", l); u = toupper(l);'
+            r" if (!s && u ~ /(^|[ \t])SOA([ \t(]|$)/) s = 1;"
+            r' if (s) { d += gsub(/\(/, "(", l) - gsub(/\)/, ")", l);'
+            r" if (d <= 0) { print NR; exit } } }"
+        )
+        line = q(include_pattern(include))
+        return (
+            f"if [ -L {q(path)} ]; then echo link; elif [ -e {q(path)} ]; then"
+            f" if [ ! -f {q(path)} ]; then echo other; else echo file;"
+            f" sha256sum < {q(path)} | cut -c1-64;"
+            f" grep -cE {line} {q(path)} || true;"
+            f' n=$(awk {soa_end} {q(path)}); head -n "${{n:-0}}" {q(path)} | base64 -w0; echo;'
+            " fi; fi"
+        )
+
+    @override
+    def process(self, output: list[str]) -> AdminZoneInfo | bool | None:
+        if not output:
+            return None
+        if output[0] != "file" or len(output) < 3:
+            return False
+        return {
+            "sha256": output[1].strip(),
+            "includes": output[2].strip() not in ("", "0"),
+            "head": output[3].strip() if len(output) > 3 else "",
+        }
+
+
 class ProcessId(FactBase[int | None]):
     """The PID of a running program (``pidof -s``), or None."""
 

@@ -179,6 +179,31 @@ class Zone(_Model):
     #: CA domains that may issue for the zone (``letsencrypt.org``): CAA records at the apex
     #: (``caa_records``); empty: pkinfra renders no CAA records.
     caa: list[DnsName] = []
+    #: The zone is kept by the admin in this file on the primary (absolute path): pkinfra then
+    #: writes only its include file for the zone (delegation CNAMEs, TLSA records), which the
+    #: admin's file ``$INCLUDE``s, and moves the file's SOA serial when that include changes.
+    #: ``signed`` then says whether the admin signs it. None: pkinfra renders the zone whole.
+    admin_file: AbsPath | None = None
+
+    @field_validator("admin_file")
+    @classmethod
+    def _admin_file_is_the_admins(cls, value: str | None) -> str | None:
+        area = reserved_host_path(value) if value else None
+        if area is not None:
+            raise ValueError(
+                f"'{value}' is pkinfra's own ({area}): the admin's zone file lives elsewhere "
+                "(e.g. /etc/bind/db.<zone>)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _admin_keeps_caa(self) -> Zone:
+        if self.admin_file is not None and self.caa:
+            raise ValueError(
+                "'caa' and 'admin_file' exclude each other: the admin keeps the zone's CAA "
+                "records in its file"
+            )
+        return self
 
 
 class ShadowZone(_Model):
@@ -1403,6 +1428,8 @@ def _check_across(
                 delegated.setdefault(owner, host.fqdn)
 
     caa_zones = {z.name for z in settings.zones if z.caa}
+    admin_zones = {z.name: z.admin_file for z in settings.zones if z.admin_file}
+    zone_names = [z.name for z in settings.zones]
     records: dict[str, list[tuple[str, str, str]]] = {}
     for host in hosts.values():
         for i, rec in enumerate(host.records):
@@ -1415,6 +1442,16 @@ def _check_across(
                         f"{path}.name",
                         f"'{rec.name}' is delegated to {delegated[rec.name]} (a CNAME into "
                         "the shadow zone): it can hold no other record",
+                    )
+                )
+            admin_file = admin_zones.get(zone_of(rec.name, zone_names) or "")
+            if admin_file is not None:
+                problems.append(
+                    Problem(
+                        host.fqdn,
+                        f"{path}.name",
+                        f"'{rec.name}' is in zone '{zone_of(rec.name, zone_names)}', which the "
+                        f"admin keeps ({admin_file}): write the record there",
                     )
                 )
             if rec.type == "CAA" and rec.name in caa_zones:

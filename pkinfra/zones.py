@@ -1,23 +1,31 @@
 """BIND configuration, zone files and the lab resolver's configuration, rendered from the model.
 
-Owns what the DNS servers hold: ``named.conf.options`` and ``named.conf.local`` of the primary
-and each secondary, the main zones (SOA, NS, host addresses, static records, CAA records when
-the zone's ``caa`` asks for them, the CNAMEs of every delegation, an ``$INCLUDE`` of the TLSA
-records of CA-issued certificates), the shadow zone's initial file, and unbound's configuration
-with the zones' trust anchors. Everything comes from the WHOLE inventory: a deploy limited to
-one host renders exactly what a full one would.
+Owns what pkinfra puts on the DNS servers: ONE configuration file per server
+(``/etc/bind/pkinfra/named.conf``) that the site's admin ``include``s from ``named.conf`` or
+``named.conf.local`` (TSIG key includes, the zones pkinfra owns with their update-policy, notify
+and transfer settings), the main zones pkinfra renders whole (SOA, NS, host addresses, static
+records, CAA records when the zone's ``caa`` asks for them, the CNAMEs of every delegation, an
+``$INCLUDE`` of the TLSA records of CA-issued certificates), the include file of each zone the
+admin keeps (``admin_file``: the delegation CNAMEs and TLSA records only, ``$INCLUDE``d by the
+admin's file), the shadow zone's initial file, and unbound's configuration with the zones' trust
+anchors. ``named.conf.options`` and ``named.conf.local`` are the admin's: pkinfra never writes
+them. Everything comes from the WHOLE inventory: a deploy limited to one host renders exactly
+what a full one would.
 
 Zone files carry a header line ``; pkinfra-zone serial=N content=SHA256``: ``content`` hashes the
 zone without its serial (include file included), so a deploy bumps the serial only when that hash
-changes (``next_serial``). Secrets never pass through here: the configuration only ``include``s
-the key files (``pkinfra.tsig``).
+changes (``next_serial``). An admin's zone gets its serial moved by ``admin_serial`` on its SOA
+line only (``soa_serial_span``), when pkinfra's include file for it changes. Secrets never pass
+through here: the configuration only ``include``s the key files (``pkinfra.tsig``).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -35,7 +43,8 @@ HEADER = "; pkinfra-zone "
 TEMPLATES = Path(__file__).parent / "templates"
 
 #: Rate limits of notifies and refresh queries: BIND releases them in ticks (default 20/s: up to
-#: ~0.8 s of delay between two changes); 1000/s makes the tick 10 ms (see bench_dnsupdate).
+#: ~0.8 s of delay between two changes); 1000/s makes the tick 10 ms (see bench_dnsupdate). These
+#: are global options, the admin's: README recommends them for ``named.conf.options``.
 QUERY_RATE = 1000
 
 # SOA timers. Secondaries learn of changes by NOTIFY; refresh is the fallback.
@@ -51,17 +60,31 @@ class ZoneError(ValueError):
 class Layout:
     """Where things live on the DNS servers (Debian's bind9 layout by default)."""
 
+    #: pkinfra's one configuration file; the admin includes it (``include_line``).
+    config_file: str = "/etc/bind/pkinfra/named.conf"
+    #: BIND's main configuration (the admin's): the include of ``config_file`` is looked for
+    #: from here, through the files it includes.
+    admin_conf: str = "/etc/bind/named.conf"
+    #: Where pkinfra tells the admin to add ``include_line`` (Debian's file for local zones).
+    include_into: str = "/etc/bind/named.conf.local"
+    #: The admin's options file: pkinfra never writes it (README: recommended options).
     options_file: str = "/etc/bind/named.conf.options"
-    local_file: str = "/etc/bind/named.conf.local"
     key_dir: str = "/etc/bind/pkinfra/keys"
     #: Zone files must be where the ``bind`` user can write (inline signing, journals).
     zone_dir: str = "/var/lib/bind/pkinfra"
     dnssec_key_dir: str = "/var/lib/bind/pkinfra/keys"
+    #: named's ``directory``: relative ``$INCLUDE`` paths of an admin's zone resolve from here.
     working_dir: str = "/var/cache/bind"
     port: int = 53
-    listen: str = "any"
-    #: Lets a test run the rendered config as an unprivileged, foreground named.
-    extra_options: tuple[str, ...] = ()
+
+    @property
+    def local_file(self) -> str:
+        """The file that took the place of the ``named.conf.local`` pkinfra once rendered."""
+        return self.config_file
+
+    @property
+    def include_line(self) -> str:
+        return f'include "{self.config_file}";'
 
     def key_file(self, name: str) -> str:
         return f"{self.key_dir}/{name}.key"
@@ -71,6 +94,10 @@ class Layout:
 
     def tlsa_file(self, zone: str) -> str:
         return f"{self.zone_dir}/{zone}.tlsa"
+
+    def admin_include(self, zone: str) -> str:
+        """The include file of a zone the admin keeps (CNAMEs and TLSA records)."""
+        return f"{self.zone_dir}/{zone}.include"
 
 
 @dataclass(frozen=True)
@@ -97,6 +124,9 @@ class ZoneFile:
     dynamic: bool = False
     include_path: str | None = None
     include_text: str = ""
+    #: The admin's zone file on the primary (a zone the admin keeps): pkinfra writes only
+    #: ``include_path`` and moves the serial of this file (``admin_serial``); ``text`` is empty.
+    admin_file: str | None = None
 
     def render(self, serial: int) -> str:
         return self.text.replace(SERIAL, str(serial))
@@ -178,6 +208,134 @@ def parse_header(line: str) -> tuple[int | None, str | None]:
     return (int(serial) if serial.isdigit() else None), fields.get("content")
 
 
+# -- the serial of an admin's zone --------------------------------------------------------------
+
+_TTL_TOKEN = re.compile(r"(\d+|(\d+[wdhms])+)", re.IGNORECASE)
+_CLASSES = {"IN", "CH", "HS", "CS"}
+
+
+def admin_serial(serial: int, today: dt.date) -> int:
+    """The serial pkinfra gives an admin's zone whose include file changed.
+
+    One more than before; a date serial (``YYYYMMDDnn`` of today or an earlier day, the RFC 1912
+    convention) becomes at least today's ``YYYYMMDD00``, so the admin's own next edit of the day
+    keeps counting from there. Any other serial (a counter, Unix time) just grows by one: the
+    admin's convention is kept. RFC 1982 arithmetic: wraps at 2**32.
+    """
+    today00 = int(today.strftime("%Y%m%d")) * 100
+    text = str(serial)
+    if len(text) == 10 and 1990010100 <= serial <= today00 + 99:
+        try:
+            dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        except ValueError:
+            pass
+        else:
+            return max(serial + 1, today00) % 2**32
+    return (serial + 1) % 2**32
+
+
+@dataclass(frozen=True)
+class _Token:
+    text: str
+    start: int
+    end: int
+
+
+def _records(text: str) -> list[tuple[bool, list[_Token]]]:
+    """Master-file records as (owner given, tokens with their offsets): comments, parentheses
+    and quoted strings as BIND reads them; ``$`` directives are left out."""
+    records: list[tuple[bool, list[_Token]]] = []
+    tokens: list[_Token] = []
+    owner = False
+    depth = 0
+    at_line_start = True
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if at_line_start and depth == 0:
+            at_line_start = False
+            if c == "$":
+                i = text.find("\n", i)
+                i = len(text) if i < 0 else i
+                continue
+            owner = c not in " \t\r\n;"
+        if c == "\n":
+            if depth == 0:
+                if tokens:
+                    records.append((owner, tokens))
+                tokens = []
+                at_line_start = True
+            i += 1
+        elif c in " \t\r":
+            i += 1
+        elif c == ";":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif c in "()":
+            depth += 1 if c == "(" else -1
+            i += 1
+        else:
+            start = i
+            if c == '"':
+                i += 1
+                while i < len(text) and text[i] != '"':
+                    i += 2 if text[i] == "\\" else 1
+                i += 1
+            else:
+                while i < len(text) and text[i] not in " \t\r\n;()":
+                    i += 1
+            tokens.append(_Token(text[start:i], start, i))
+    if tokens:
+        records.append((owner, tokens))
+    return records
+
+
+def soa_serial_span(data: bytes) -> tuple[int, int, int]:
+    """(serial, start, end): the SOA serial of a master file and its byte offsets.
+
+    ``data`` is the file, or its beginning up to the end of the SOA record. Raises
+    ``ZoneError`` when there is no SOA record with a plain decimal serial in it.
+    """
+    text = data.decode("latin-1")  # one character per byte: offsets are byte offsets
+    for has_owner, tokens in _records(text):
+        fields = tokens[1:] if has_owner else tokens
+        k = 0
+        while k < min(2, len(fields)) and (
+            _TTL_TOKEN.fullmatch(fields[k].text)
+            or fields[k].text.upper() in _CLASSES
+            or fields[k].text.upper().startswith("CLASS")
+        ):
+            k += 1
+        if k < len(fields) and fields[k].text.upper() == "SOA":
+            if len(fields) < k + 4 or not fields[k + 3].text.isdigit():
+                raise ZoneError("its SOA record has no plain decimal serial")
+            serial = fields[k + 3]
+            value = int(serial.text)
+            if value >= 2**32:
+                raise ZoneError(f"its SOA serial {value} does not fit 32 bits")
+            return value, serial.start, serial.end
+    raise ZoneError("no SOA record found before its first other record ends")
+
+
+def include_chain(edges: Iterable[tuple[str, str]], root: str, target: str) -> list[str] | None:
+    """How BIND's configuration reaches ``target``: the files from ``root`` (named.conf) down to
+    the one that includes it, or None when no chain of includes does (shortest first)."""
+    children: dict[str, list[str]] = {}
+    for parent, child in edges:
+        children.setdefault(parent, []).append(child)
+    paths = [[root]]
+    seen = {root}
+    while paths:
+        chain = paths.pop(0)
+        for child in children.get(chain[-1], []):
+            if child == target:
+                return chain
+            if child not in seen:
+                seen.add(child)
+                paths.append([*chain, child])
+    return None
+
+
 # -- records ------------------------------------------------------------------------------------
 
 
@@ -218,12 +376,16 @@ def caa_values(inventory: Inventory, zone: str) -> list[str]:
     return values
 
 
-def _zone_rows(inventory: Inventory, zone: str, zones: Sequence[str]) -> list[_Row]:
+def _zone_rows(
+    inventory: Inventory, zone: str, zones: Sequence[str], addresses: bool = True
+) -> list[_Row]:
+    """The zone's records from the inventory; without ``addresses`` (a zone the admin keeps:
+    its hosts' addresses are the admin's, and the model refuses ``records``/``caa`` there)."""
     rows = [
         _Row(zone, "CAA", value, why=f"zone {zone}: caa") for value in caa_values(inventory, zone)
     ]
     for spec in inventory.hosts.values():
-        if spec.address is not None and zone_of(spec.fqdn, zones) == zone:
+        if addresses and spec.address is not None and zone_of(spec.fqdn, zones) == zone:
             kind = "A" if spec.address.version == 4 else "AAAA"
             rows.append(_Row(spec.fqdn, kind, str(spec.address), why=f"{spec.fqdn}: address"))
         for i, rec in enumerate(spec.records):
@@ -262,6 +424,22 @@ def tlsa_include(records: Iterable[IncludedTLSA], zone: str, ttl: int) -> str:
     return "".join(lines)
 
 
+def admin_include(
+    inventory: Inventory, zone: str, records: Iterable[IncludedTLSA], ttl: int, tlsa_ttl: int
+) -> str:
+    """The include file of a zone the admin keeps: the CNAMEs of every delegation of the zone
+    (into the shadow zone) and the TLSA records of CA-issued certificates, absolute names, an
+    explicit TTL on every record (no ``$TTL``/``$ORIGIN``: nothing leaks into the admin's file)."""
+    return _render(
+        "admin_include.j2",
+        zone=zone,
+        rows=_zone_rows(inventory, zone, inventory.zone_names, addresses=False),
+        ttl=ttl,
+        tlsa=sorted(set(records), key=lambda r: (r.owner, r.value)),
+        tlsa_ttl=tlsa_ttl,
+    )
+
+
 # -- the site -----------------------------------------------------------------------------------
 
 
@@ -280,7 +458,7 @@ def render_site(
     """Render every DNS server's files from the whole inventory.
 
     + tlsa: TLSA records of CA-issued certificates, each put into its main zone's include file
-    + layout: paths and listen options (tests run the result as a throw-away named)
+    + layout: where the files go (tests run the result in a throw-away named)
     + keys: per host FQDN, the names of its TSIG keys the primary accepts (current, and next
       during a rotation; ``key_names`` reads them from the controller); by default the one key
       named after the host, so rendering alone never depends on the controller's state
@@ -314,6 +492,21 @@ def render_site(
 
     zone_files: list[ZoneFile] = []
     for z in settings.zones:
+        if z.admin_file is not None:
+            include_path = layout.admin_include(z.name)
+            include_text = admin_include(inventory, z.name, by_zone[z.name], z.ttl, z.tlsa_ttl)
+            zone_files.append(
+                ZoneFile(
+                    zone=z.name,
+                    path=z.admin_file,
+                    text="",
+                    content=content_hash("", include_text),
+                    include_path=include_path,
+                    include_text=include_text,
+                    admin_file=z.admin_file,
+                )
+            )
+            continue
         rows = _zone_rows(inventory, z.name, zones)
         include_path = layout.tlsa_file(z.name)
         include_text = tlsa_include(by_zone[z.name], z.name, z.tlsa_ttl)
@@ -363,9 +556,9 @@ def render_site(
     )
 
     secondary_targets = [(str(s.address), s.fqdn) for s in secondaries]
-    common = {"layout": layout, "rate": QUERY_RATE, "transfer_key": tsig.TRANSFER_KEY}
-    primary_local = _render(
-        "named.conf.local.primary.j2",
+    common = {"layout": layout, "transfer_key": tsig.TRANSFER_KEY}
+    primary_conf = _render(
+        "pkinfra.named.conf.primary.j2",
         **common,
         keys=[tsig.TRANSFER_KEY, *host_keys],
         zones=settings.zones,
@@ -376,25 +569,24 @@ def render_site(
     primary_files = ServerFiles(
         fqdn=primary.fqdn,
         role="primary",
-        config={
-            layout.options_file: _render("named.conf.options.j2", **common, role="primary"),
-            layout.local_file: primary_local,
-        },
+        config={layout.config_file: primary_conf},
         zones=zone_files,
         keys=[tsig.TRANSFER_KEY, *host_keys],
     )
     all_zones = [*zones, shadow.name]
+    # A zone the admin keeps is transferred as the admin set it up; pkinfra's secondaries get
+    # the zones pkinfra owns.
+    owned = [z.name for z in settings.zones if z.admin_file is None] + [shadow.name]
     secondary_files: dict[str, ServerFiles] = {}
     for server in secondaries:
         secondary_files[server.fqdn] = ServerFiles(
             fqdn=server.fqdn,
             role="secondary",
             config={
-                layout.options_file: _render("named.conf.options.j2", **common, role="secondary"),
-                layout.local_file: _render(
-                    "named.conf.local.secondary.j2",
+                layout.config_file: _render(
+                    "pkinfra.named.conf.secondary.j2",
                     **common,
-                    zones=all_zones,
+                    zones=owned,
                     primary=str(primary.address),
                 ),
             },

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab.topology import pyinfra_name
+from pkinfra import zones
 from pkinfra.acme import HOOK_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,8 +262,8 @@ def test_a_name_this_host_may_not_update_is_refused_with_one_line(
 PRIMARY = "172.29.53.10"
 RESOLVER = "172.29.53.53"
 MX1_SHADOW = SHADOW_TARGETS[0] + "."
-NAMED_CONF = "/etc/bind/named.conf.local"
-NAMED_CONF_SAVED = "/tmp/pkinfra-test-acme-named.conf.local"
+NAMED_CONF = zones.Layout().config_file  # pkinfra's one BIND file
+NAMED_CONF_SAVED = "/tmp/pkinfra-test-acme-named.conf"
 SERIAL = "openssl x509 -in /etc/letsencrypt/live/mail/cert.pem -noout -serial"
 
 
@@ -293,7 +294,7 @@ def resolves_cleanly() -> str:
 
 @contextlib.contextmanager
 def primary_configuration(sed_script: str) -> Iterator[None]:
-    """The primary's ``named.conf.local`` changed by ``sed_script`` while the block runs.
+    """pkinfra's BIND configuration on the primary changed by ``sed_script`` while the block runs.
 
     The rendered file is copied aside and put back afterwards (the same bytes, so the deploy
     sees no drift), with ``rndc reconfig`` each way.

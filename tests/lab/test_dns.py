@@ -28,7 +28,7 @@ import dns.renderer
 import pytest
 
 from lab.topology import pyinfra_name
-from pkinfra import publication
+from pkinfra import publication, zones
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 from pkinfra.model import Delegation, Inventory, load_inventory_file
 
@@ -121,7 +121,7 @@ def deployed(site_deployed: str) -> Inventory:
 def ns1_is_current() -> bool:
     """Whether ns1 holds what the real inventory renders (config and main zone), cheaply."""
     site, _ = publication.dns_site(load_inventory_file(ROOT / "inventory.py"))
-    local = "/etc/bind/named.conf.local"
+    local = zones.Layout().config_file
     want = hashlib.sha256(site.primary.config[local].encode()).hexdigest()
     main = site.primary.zones[0]
     out = docker("pkinfra-ns1", f"sha256sum {local}; head -n 1 {main.path}")
