@@ -99,12 +99,14 @@ MISTAKES = [
     ),
     mistake(
         "CNAME at a zone apex",
-        "web1.example.test: records[0].type: a CNAME at the apex of zone 'unsigned.test'",
+        "web1.example.test: records[0].type: a CNAME at the apex of zone 'example.test'",
         (
             INV,
             '{"name": "www.example.test", "type": "CNAME"',
-            '{"name": "unsigned.test", "type": "CNAME"',
+            '{"name": "example.test", "type": "CNAME"',
         ),
+        # Without mx1's MX at the apex, so that the apex is the one mistake.
+        (INV, '{"name": "example.test", "type": "MX", "value": "10 mx1.example.test."}', ""),
     ),
     mistake(
         "record at a delegated name",
@@ -459,9 +461,11 @@ MISTAKES = [
         "group_data/all.py: zones[1].name: zone 'example.test' listed twice",
         (
             G,
-            '{"name": "unsigned.test", "signed": False}',
+            '{"name": "unsigned.test", "signed": False, "admin_file": "/etc/bind/db.unsigned.test"}',
             '{"name": "example.test", "signed": False}',
         ),
+        # Without db1's record in unsigned.test, so that the double zone is the one mistake.
+        (INV, '"name": "db1.unsigned.test"', '"name": "db1.example.test"'),
     ),
     mistake(
         "shadow zone that is also a main zone",

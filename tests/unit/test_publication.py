@@ -17,13 +17,18 @@ from pkinfra.publication import Unpublished, ca_tlsa_records
 ROOT = Path(__file__).resolve().parents[2]
 
 
+OWNER = "_5432._tcp.db1.example.test"
+
 def test_records_follow_the_store(tmp_path: Path) -> None:
     inventory = dataclasses.replace(load_inventory_file(ROOT / "inventory.py"), base_dir=tmp_path)
     store = CAStore(inventory.pki_dir)
     store.create_root("duckcorp", unencrypted=True)
     records, missing = ca_tlsa_records(inventory, store)
     assert records == []
-    assert missing == [Unpublished("db1.example.test", "_5432._tcp.db1.example.test", "postgres")]
+    assert missing == [
+        Unpublished("db1.example.test", owner, "postgres")
+        for owner in ("_5432._tcp.db1.example.test", "_5432._tcp.db1.unsigned.test")
+    ]
 
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -43,10 +48,10 @@ def test_records_follow_the_store(tmp_path: Path) -> None:
         passphrase=None,
     )
     expected = tlsa.TLSARecord.build(key.public_key()).to_text()
-    [record], missing = ca_tlsa_records(inventory, store)
+    records, missing = ca_tlsa_records(inventory, store)
     assert missing == []
-    assert record.owner == "_5432._tcp.db1.example.test"
-    assert record.value == expected
+    assert [r.owner for r in records] == [OWNER, "_5432._tcp.db1.unsigned.test"]
+    assert {r.value for r in records} == {expected}
 
     # A revoked certificate publishes nothing; its renewal (same key) the same record.
     store.revoke("duckcorp", first.serial)
@@ -61,7 +66,7 @@ def test_records_follow_the_store(tmp_path: Path) -> None:
         cert_name="postgres",
         passphrase=None,
     )
-    assert [r.value for r in ca_tlsa_records(inventory, store)[0]] == [expected]
+    assert [r.value for r in ca_tlsa_records(inventory, store)[0]] == [expected, expected]
 
 
 def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -88,7 +93,8 @@ def test_a_key_rollover_publishes_both_keys_until_the_old_one_is_retired(tmp_pat
         )  # fmt: skip
 
     def published() -> list[str]:
-        return [r.value for r in ca_tlsa_records(inventory, store)[0]]
+        # db1 publishes the same key at two owners (example.test and the admin's unsigned.test).
+        return [r.value for r in ca_tlsa_records(inventory, store)[0] if r.owner == OWNER]
 
     lost = ec.generate_private_key(ec.SECP256R1())
     sign(lost, "postgres")  # a key lost long ago: its certificate is still valid

@@ -87,8 +87,12 @@ def test_a_converged_site_is_ok(converged: Site) -> None:
     }
     pg = cert_row(report, "db1.example.test", "postgres")
     assert pg.days_left == 60 and pg.key_type == "ec-p256"
-    (tlsa,) = pg.tlsa
-    assert tlsa.owner == "_5432._tcp.db1.example.test" and tlsa.matches_key is True
+    # The same key at two owners: example.test, and unsigned.test that the admin keeps.
+    assert [t.owner for t in pg.tlsa] == [
+        "_5432._tcp.db1.example.test",
+        "_5432._tcp.db1.unsigned.test",
+    ]
+    assert all(t.matches_key is True for t in pg.tlsa)
     assert [s.summary for s in pg.services] == ["ok"]
     assert all(c.state is State.OK for c in report.crls)
 
@@ -238,7 +242,8 @@ def test_next_run_is_the_earliest_of_renewals_crls_and_rollover_steps(converged:
         status.Due(NOW + dt.timedelta(days=30), "db1.example.test", "renew postgres")
     ]
     assert not any(d.what == "renew mail" for d in run.because)  # certbot renews ACME
-    # A rollover step 2 (published, TTL 30 s in example.test) comes first once due.
+    # A rollover step 2 comes first once due: published, and the longest TTL of its records
+    # has passed (30 s in example.test, 300 s in unsigned.test).
     probes = json.loads(json.dumps(converged.probes))
     since = int((NOW - dt.timedelta(hours=2)).timestamp())
     probes["db1.example.test"]["certificates"]["postgres"]["rollover"] = {
@@ -248,7 +253,7 @@ def test_next_run_is_the_earliest_of_renewals_crls_and_rollover_steps(converged:
     }
     report = status.evaluate(converged.inventory, probes, converged.crls, converged.dns, now=NOW)
     first = report.next_run.because[0]
-    assert first.at == dt.datetime.fromtimestamp(since + 30, dt.UTC)
+    assert first.at == dt.datetime.fromtimestamp(since + 300, dt.UTC)
     assert first.what == "key rollover of postgres: step published to '2026-11'"
     assert report.next_run.state is State.WARNING  # due two hours ago
 
