@@ -12,30 +12,24 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.api.command import FileUploadCommand
 from typing_extensions import override
 
-from operations.context import run_on_host, upload_to_host
 from operations.facts import (
     CertbotAccounts,
     CertbotLineage,
     FileDigest,
     NginxServers,
-    PkiFiles,
     ProcessId,
 )
 from operations.util import q
 from pkinfra import acme
 from pkinfra import nginx as nginx_core
 from pkinfra.nginx import SITE, SNIPPET
-
-PEBBLE_STATE = "/run/pkinfra-pebble.args"
-PEBBLE_LOG = "/var/log/pebble.log"
 
 
 class _Bytes(BytesIO):
@@ -355,128 +349,3 @@ def _fail(state: Any, host: Any, message: str) -> bool:
     """An execution-time failure in one line; the operation then counts as failed."""
     host.log_styled(f"pkinfra: {message}", fg="red", log_func=logger.error)
     return False
-
-
-def _sign_server(state: Any, host: Any, directory: str, names: list[str], bundle: str) -> bool:
-    """Execution time: a CSR made on the host with its key, signed by the lab CA here."""
-    key = f"{directory}/key.pem"
-    ok, output = run_on_host(
-        state, host, StringCommand(f"openssl req -new -key {q(key)} -subj {q('/CN=' + names[0])}")
-    )
-    if not ok:
-        return _fail(state, host, f"ACME server certificate: cannot make a CSR with {key}")
-    csr = ("\n".join(output.stdout_lines) + "\n").encode()
-    try:
-        cert = acme.sign_server_csr(Path(bundle), csr, names)
-    except acme.AcmeError as exc:
-        return _fail(state, host, f"ACME server certificate: {exc}")
-    staged = f"{directory}/.cert.pem.pkinfra-new"
-    if not upload_to_host(state, host, BytesIO(cert), staged):
-        return _fail(state, host, f"ACME server certificate: cannot upload {staged}")
-    ok, _ = run_on_host(
-        state,
-        host,
-        StringCommand(f"chmod 0644 {q(staged)} && mv -f {q(staged)} {q(directory)}/cert.pem"),
-    )
-    return bool(ok) or _fail(state, host, f"ACME server certificate: cannot install in {directory}")
-
-
-@operation()
-def server_certificate(
-    directory: str,
-    names: Sequence[str],
-    ca_bundle: str,
-    ca_key_id: str,
-    current: Any = None,
-    now: str | None = None,
-):
-    """The ACME server's TLS key (made on the host) and a certificate of the lab CA for it.
-
-    + directory: holds ``key.pem`` and ``cert.pem``
-    + names: the server's DNS names
-    + ca_bundle: the lab CA's certificate on the controller (its key beside it signs)
-    + ca_key_id: the CA's subject key identifier, hex (a certificate naming another is replaced)
-    + current: the ``PkiFiles`` fact's entry for ``directory`` (read here when not given)
-    """
-    if current is None:
-        facts = host.get_fact(PkiFiles, directories=[directory])
-        current = facts["directories"].get(directory)
-    key = (current or {}).get("key")
-    cert = (current or {}).get("cert")
-    moment = dt.datetime.fromisoformat(now) if now else dt.datetime.now(dt.UTC)
-    reason = None
-    if not key or not key.get("spki_sha256"):
-        reason = "no key"
-    elif not isinstance(cert, dict):
-        reason = "no certificate"
-    elif sorted(cert["names"]) != sorted(names):
-        reason = f"names {', '.join(cert['names'])}"
-    elif cert["issuer_key_id"] != ca_key_id:
-        reason = "issued by another CA"
-    elif cert["spki_sha256"] != key["spki_sha256"]:
-        reason = "certificate does not match the key"
-    elif dt.datetime.fromisoformat(cert["not_after"]) - moment < dt.timedelta(days=30):
-        reason = f"expires {cert['not_after'][:10]}"
-    if reason is None:
-        host.noop(f"ACME server certificate is current ({', '.join(names)})")
-        return
-    _announce(f"ACME server certificate: {reason}")
-    yield f"mkdir -p {q(directory)}"
-    if not key or not key.get("spki_sha256"):
-        yield (
-            f"(umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256"
-            f" -out {q(directory)}/key.pem)"
-        )
-    yield FunctionCommand(_sign_server, (directory, list(names), ca_bundle), {})
-
-
-def pebble_command(config: str, dnsserver: str, env: dict[str, str]) -> str:
-    """The exact command line Pebble runs with (also what marks it as current)."""
-    settings = " ".join(f"{k}={q(v)}" for k, v in sorted(env.items()))
-    return f"env {settings} /usr/bin/pebble -config {q(config)} -dnsserver {q(dnsserver)}"
-
-
-@operation()
-def pebble(
-    config: str,
-    dnsserver: str,
-    env: dict[str, str],
-    restart: bool = False,
-    listen_port: int = 14000,
-    pid: int | None = None,
-    state: Any = None,
-):
-    """Pebble running in the background with exactly this command line.
-
-    Pebble forgets its accounts and makes a new root at every start, so it is restarted only
-    when its command line, configuration or certificate changed (``restart``).
-
-    + config: the JSON configuration file
-    + dnsserver: ``addr:port`` of the resolver Pebble asks (it does not chase CNAMEs itself)
-    + env: ``PEBBLE_*`` settings
-    + restart: the configuration or certificate changed in this run
-    + pid, state: the ``ProcessId`` fact and the ``FileDigest`` of the saved command line
-    """
-    command = pebble_command(config, dnsserver, env)
-    running = pid if pid is not None else host.get_fact(ProcessId, "pebble")
-    saved = state if state is not None else host.get_fact(FileDigest, PEBBLE_STATE)
-    same = isinstance(saved, dict) and saved["sha256"] == _sha256(f"{command}\n".encode())
-    if running and same and not restart:
-        host.noop(f"pebble is running (pid {running}) with this configuration")
-        return
-    why = "not running" if not running else ("changed" if restart or not same else "")
-    _announce(f"pebble: {why}")
-    if running:
-        yield (
-            f"kill {running}; for i in $(seq 50); do kill -0 {running} 2>/dev/null || break;"
-            " sleep 0.1; done"
-        )
-    yield (
-        f"echo {q(command)} > {PEBBLE_STATE} && cd / && setsid {command}"
-        f" >>{PEBBLE_LOG} 2>&1 </dev/null &"
-    )
-    # Bounded wait until the ACME port listens, so the next operations can use it.
-    yield (
-        f"for i in $(seq 100); do ss -ltn | grep -q ':{listen_port} ' && exit 0; sleep 0.1; done;"
-        f" echo 'pebble did not start; see {PEBBLE_LOG}' >&2; tail -5 {PEBBLE_LOG} >&2; exit 1"
-    )

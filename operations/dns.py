@@ -48,7 +48,6 @@ STAGED = ".pkinfra-new"
 CHECKED = ".pkinfra-check"
 NAMED_START = "/etc/init.d/named start >/var/log/pkinfra-named-start.log 2>&1"
 NAMED_LOG = "/var/log/pkinfra-named-start.log"
-UNBOUND_PID = "/run/unbound.pid"
 #: How long a run waits for every authoritative server to serve an admin's zone's change.
 SERVED_WAIT = 30
 _LAYOUT = Layout()
@@ -569,97 +568,3 @@ def _wait_rndc() -> str:
         "for i in $(seq 1 100); do rndc status >/dev/null 2>&1 && exit 0; sleep 0.1; done;"
         f" echo 'pkinfra: named did not start within 10 s:' >&2; tail -n 20 {NAMED_LOG} >&2; exit 1"
     )
-
-
-ANCHOR_AWK = (
-    'awk -v z="$z" \'$1==257 {k=""; for (i=4; i<=NF; i++) k=k $i;'
-    ' print "trust-anchor: \\"" z ". DNSKEY 257 " $2 " " $3 " " k "\\""}\''
-)
-
-
-@operation()
-def unbound(
-    config: str,
-    anchors: str | None,
-    path: str = "/etc/unbound/unbound.conf",
-    anchors_path: str = "/etc/unbound/pkinfra-anchors.conf",
-    primary: str = "",
-    signed_zones: list[str] | None = None,
-):
-    """
-    Ensure unbound runs with this configuration and these trust anchors; reload on change.
-
-    + config: unbound.conf, which ``include:``s ``anchors_path`` inside its ``server:`` clause
-    + anchors: the ``trust-anchor:`` lines, or None when the controller could not read the
-      zones' keys (the primary is not serving yet in this run): then the host reads them from
-      ``primary`` with ``dig`` after the DNS deploy has started it, for ``signed_zones``
-    + path, anchors_path: where both go
-
-    Checked with ``unbound-checkconf`` before anything is installed; a change reloads unbound
-    (SIGHUP), and unbound is started when it is not running.
-
-    **Example:**
-
-    .. code:: python
-
-        dns.unbound(config=render_unbound(inv, anchors), anchors="".join(...))
-    """
-    if anchors is None and not (primary and signed_zones):
-        raise OperationError("unbound: without anchors, give the primary and the signed zones")
-    pid = host.get_fact(ProcessId, program="unbound")
-    conf_info = host.get_fact(FileDigest, path=path)
-    anchors_info = host.get_fact(FileDigest, path=anchors_path)
-    conf_changed = not isinstance(conf_info, dict) or conf_info["sha256"] != _sha256(config)
-    anchors_changed = anchors is not None and (
-        not isinstance(anchors_info, dict) or anchors_info["sha256"] != _sha256(anchors)
-    )
-    if anchors is not None and not conf_changed and not anchors_changed:
-        if pid is not None:
-            host.noop(f"unbound (pid {pid}): configuration and trust anchors are current")
-            return
-        yield f"unbound -c {q(path)} >/dev/null 2>&1"
-        return
-
-    new_conf, new_anchors, check = path + STAGED, anchors_path + STAGED, path + CHECKED
-    yield FileUploadCommand(_Text(config), new_conf)
-    if anchors is not None:
-        yield FileUploadCommand(_Text(anchors), new_anchors)
-    else:
-        zones = " ".join(q(z) for z in signed_zones or [])
-        yield (
-            f": > {q(new_anchors)}; for try in $(seq 1 40); do ok=1; : > {q(new_anchors)};"
-            f" for z in {zones}; do"
-            f' one=$(dig +short +norec +time=1 +tries=1 @{q(primary)} DNSKEY "$z" | {ANCHOR_AWK});'
-            f' [ -n "$one" ] || ok=0; echo "$one" >> {q(new_anchors)}; done;'
-            f' [ "$ok" = 1 ] && break; sleep 0.25; done;'
-            f' [ "$ok" = 1 ] || {{ echo "pkinfra: {primary} serves no DNSKEY for every signed zone'
-            f' ({" ".join(signed_zones or [])}) after 10 s" >&2; exit 1; }};'
-            f" LC_ALL=C sort -o {q(new_anchors)} {q(new_anchors)}"
-        )
-    yield f'sed \'s#"{anchors_path}"#"{new_anchors}"#\' {q(new_conf)} > {q(check)}'
-    yield _refuse(
-        f"unbound-checkconf {q(check)}",
-        "the new unbound configuration",
-        [new_conf, new_anchors, check],
-    )
-    yield f"rm -f {q(check)}"
-    reload = (
-        f"if [ -f {UNBOUND_PID} ] && kill -0 $(cat {UNBOUND_PID}) 2>/dev/null;"
-        f" then kill -HUP $(cat {UNBOUND_PID});"
-        f" else unbound -c {q(path)} >/dev/null 2>&1; fi"
-    )
-    install = (
-        f"{_install(new_conf, path, 'root', 'root', '0644')}"
-        f" && {_install(new_anchors, anchors_path, 'root', 'root', '0644')}"
-    )
-    if anchors is None and not conf_changed:
-        # Known only now: install and reload only if the keys differ from the installed ones.
-        start = "" if pid else f"unbound -c {q(path)} >/dev/null 2>&1;"
-        yield (
-            f"if cmp -s {q(new_anchors)} {q(anchors_path)};"
-            f" then rm -f {q(new_conf)} {q(new_anchors)}; {start}"
-            f" else {install} && {{ {reload}; }}; fi"
-        )
-        return
-    yield install
-    yield reload

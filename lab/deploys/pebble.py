@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pyinfra.api import DeployError
 from pyinfra.operations import files
 
-from operations import acme as acme_ops
+from lab import operations as lab_ops
 from operations.context import inventory, this_host
 from pkinfra import acme
 
@@ -68,7 +68,7 @@ if "acme_servers" in spec.groups:
         raise DeployError(f"pkinfra: lab ACME server CA {bundle}: {exc}") from None
 
     files.directory(name="Pebble directory", path=DIRECTORY, mode="0755")
-    cert = acme_ops.server_certificate(
+    cert = lab_ops.server_certificate(
         name="Pebble TLS certificate (lab CA)",
         directory=DIRECTORY,
         names=[server_name],
@@ -78,7 +78,7 @@ if "acme_servers" in spec.groups:
     config = files.put(
         name="Pebble configuration", src=StringIO(pebble_config(port)), dest=CONFIG, mode="0644"
     )
-    acme_ops.pebble(
+    lab_ops.pebble(
         name="Pebble running",
         config=CONFIG,
         dnsserver=f"{resolver.address}:53",

@@ -15,7 +15,7 @@ import dns.query
 import dns.rdatatype
 from pyinfra.operations import apt
 
-from operations import dns as dns_ops
+from lab import operations as lab_ops
 from operations.context import inventory, this_host
 from pkinfra import zones
 
@@ -54,7 +54,7 @@ if "resolvers" in spec.groups:
     primary = inv.hosts[inv.settings.dns.primary]
     primary_address = str(primary.address)
     apt.packages(name="unbound", packages=["unbound", "bind9-dnsutils"], update=False)
-    dns_ops.unbound(
+    lab_ops.unbound(
         name="Validating resolver (unbound)",
         config=zones.render_unbound(inv, anchors_include=ANCHORS_PATH),
         anchors=read_anchors(primary_address, site.signed_zones),

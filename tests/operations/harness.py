@@ -83,7 +83,9 @@ def command_text(command: Any) -> str | dict[str, Any]:
 
 
 def run_operation(module: str, op_name: str, case: dict[str, Any]) -> tuple[list[Any], FakeHost]:
-    op = getattr(importlib.import_module(f"operations.{module}"), op_name)
+    # ``lab.<op>`` fixtures are the lab's own operations (lab/operations.py).
+    path = "lab.operations" if module == "lab" else f"operations.{module}"
+    op = getattr(importlib.import_module(path), op_name)
     host = FakeHost(case.get("facts", {}), case.get("data", {}))
     with ctx_state.use(FakeState()), ctx_host.use(host):
         commands = [

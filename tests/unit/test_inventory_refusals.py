@@ -461,7 +461,8 @@ MISTAKES = [
         "group_data/all.py: zones[1].name: zone 'example.test' listed twice",
         (
             G,
-            '{"name": "unsigned.test", "signed": False, "admin_file": "/etc/bind/db.unsigned.test"}',
+            '{"name": "unsigned.test", "signed": False, '
+            '"admin_file": "/etc/bind/db.unsigned.test"}',
             '{"name": "example.test", "signed": False}',
         ),
         # Without db1's record in unsigned.test, so that the double zone is the one mistake.

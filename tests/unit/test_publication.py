@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 OWNER = "_5432._tcp.db1.example.test"
 
+
 def test_records_follow_the_store(tmp_path: Path) -> None:
     inventory = dataclasses.replace(load_inventory_file(ROOT / "inventory.py"), base_dir=tmp_path)
     store = CAStore(inventory.pki_dir)
