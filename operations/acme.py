@@ -70,7 +70,7 @@ def server_trust(pem: str, source: str, current: Any = None):
 
     .. code:: python
 
-        acme.server_trust(pem=Path(".lab/pebble-ca.pem").read_text(), source=".lab/pebble-ca.pem")
+        acme.server_trust(pem=Path("acme-ca.pem").read_text(), source="acme-ca.pem")
     """
     if "BEGIN CERTIFICATE" not in pem:
         raise OperationError(f"ACME server CA bundle {source}: no PEM certificate in it")

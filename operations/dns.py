@@ -1,7 +1,7 @@
-"""Operations for the DNS servers and the lab resolver: TSIG key files, BIND, unbound.
+"""Operations for the DNS servers: TSIG key files and BIND.
 
 Everything they install is rendered on the controller (``pkinfra.zones``, ``pkinfra.tsig``);
-these operations compare, stage beside, check with BIND's (or unbound's) own checker, rename into
+these operations compare, stage beside, check with BIND's own checker, rename into
 place and reload - never restart. A file that fails the check is never installed, the running
 server keeps its configuration, and the checker's message is shown.
 """
