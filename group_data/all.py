@@ -12,7 +12,13 @@ zones = [
     {"name": "example.test", "tlsa_ttl": 30},
     # Unsigned on purpose: the DANE checker's "no DANE" case. Kept by hand by the site's admin
     # (lab/deploys/bind_admin.py writes its first version): pkinfra only writes its include file.
-    {"name": "unsigned.test", "signed": False, "admin_file": "/etc/bind/db.unsigned.test"},
+    # Its TLSA TTL as short as example.test's: a rollover waits for the longest of its records.
+    {
+        "name": "unsigned.test",
+        "signed": False,
+        "admin_file": "/etc/bind/db.unsigned.test",
+        "tlsa_ttl": 30,
+    },
 ]
 
 # Receives ACME challenges and host-managed TLSA records by RFC 2136 (CNAMEs point here).

@@ -461,11 +461,12 @@ MISTAKES = [
         "group_data/all.py: zones[1].name: zone 'example.test' listed twice",
         (
             G,
-            '{"name": "unsigned.test", "signed": False, '
-            '"admin_file": "/etc/bind/db.unsigned.test"}',
-            '{"name": "example.test", "signed": False}',
+            '"name": "unsigned.test",\n        "signed": False,',
+            '"name": "example.test",\n        "signed": False,',
         ),
-        # Without db1's record in unsigned.test, so that the double zone is the one mistake.
+        # Not the admin's (example.test has host records), without db1's record in
+        # unsigned.test: the double zone is the one mistake.
+        (G, '"admin_file": "/etc/bind/db.unsigned.test",\n', ""),
         (INV, '"name": "db1.unsigned.test"', '"name": "db1.example.test"'),
     ),
     mistake(
