@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pyinfra import logger
 from pyinfra.api import DeployError
 from pyinfra.operations import files
+from pyinfra.operations import server as server_ops
 
 from operations import dns, system
 from operations.context import inventory, this_host
@@ -88,7 +89,7 @@ if server is not None:
             mode="0750",
         )
     sources = key_sources(inv)
-    for name in server.keys:
+    key_ops = [
         dns.secret_file(
             name=f"TSIG key {name}",
             src=sources[name],
@@ -98,6 +99,19 @@ if server is not None:
             group="bind",
             mode="0640",
         )
+        for name in server.keys
+    ]
+    # named reads key files only when it loads its configuration: a secret that changed under
+    # its old name (a controller's state restored or replaced) takes a reconfig, before the
+    # primary below waits for the secondaries to transfer with it. Not before pkinfra's file
+    # exists: the admin's configuration includes it, and a reconfig without it would fail.
+    server_ops.shell(
+        name="BIND: TSIG key files changed",
+        commands=[
+            f"if [ -e {layout.config_file} ] && rndc status >/dev/null 2>&1; then rndc reconfig; fi"
+        ],
+        _if=lambda: any(op.did_change() for op in key_ops),
+    )
     dns.named(
         name=f"BIND {server.role}",
         config=server.config[layout.config_file],
