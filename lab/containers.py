@@ -62,18 +62,22 @@ if ! printf '%s' "$1" | cmp -s - /etc/resolv.conf; then
     printf '%s' "$1" >/etc/resolv.conf
     echo resolv.conf
 fi
+if [ -n "$2" ]; then
+    # systemd is PID 1 here: wait (bounded) until it has finished starting up. Its boot empties
+    # /tmp (tmpfiles on Debian 12, a tmpfs on 13), so nothing may use /tmp before that.
+    timeout 120 systemctl is-system-running --wait >/dev/null 2>&1 || true
+fi
 if [ ! -s /etc/ssl/private/ssl-cert-snakeoil.key ]; then
-    # make-ssl-cert talks through debconf: keep its chatter unless it fails.
-    out=$(DEBIAN_FRONTEND=noninteractive make-ssl-cert generate-default-snakeoil \\
-        --force-overwrite 2>&1) || { printf '%s\\n' "$out" >&2; exit 1; }
+    # make-ssl-cert talks through debconf: keep its chatter unless it fails. Its scratch files
+    # go to a private directory, never to a /tmp that something else may clean.
+    scratch=$(mktemp -d /root/.pkinfra-lab-XXXXXX)
+    out=$(TMPDIR="$scratch" DEBIAN_FRONTEND=noninteractive make-ssl-cert \\
+        generate-default-snakeoil --force-overwrite 2>&1) \\
+        || { rm -rf "$scratch"; printf '%s\\n' "$out" >&2; exit 1; }
+    rm -rf "$scratch"
     echo snakeoil
 fi
 [ -n "$2" ] || exit 0
-# systemd is PID 1 here: wait (bounded) until it has finished starting up.
-for _ in $(seq 1 100); do
-    state=$(systemctl is-system-running 2>/dev/null || true)
-    case "$state" in initializing|starting|"") sleep 0.1 ;; *) break ;; esac
-done
 if [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then
     ssh-keygen -A >/dev/null
     echo host-keys
