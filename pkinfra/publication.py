@@ -48,16 +48,21 @@ def valid_records(store: CAStore) -> dict[tuple[str, str], list[Record]]:
     return found
 
 
-def published_keys(valid: dict[tuple[str, str], list[Record]], host: str, name: str) -> list[str]:
+def published_keys(
+    valid: dict[tuple[str, str], list[Record]], host: str, name: str, rolling: bool = True
+) -> list[str]:
     """The keys (SPKI SHA-256) whose records a certificate's TLSA publication holds.
 
-    The newest certificate's key; during a key rollover also the next certificate's key
-    (``<name>-next``), and once the switch signed the next key under ``name``, the old key too,
-    until the end of the rollover revokes the old key's certificates and the next one.
+    The newest certificate's key; during a key rollover (``rolling``: the inventory asks for
+    one) also the next certificate's key (``<name>-next``), and once the switch signed the next
+    key under ``name``, the old key too, until the end of the rollover revokes the old key's
+    certificates and the next one. Without a rollover in the inventory a next certificate left
+    valid in the store (a rollover given up, a host made again mid-way) publishes nothing: no
+    host can switch to it without a run that asks for the rollover.
     """
     current = valid.get((host, name), [])
     keys = [current[0].spki_sha256] if current else []
-    upcoming = valid.get((host, name + NEXT_SUFFIX), [])
+    upcoming = valid.get((host, name + NEXT_SUFFIX), []) if rolling else []
     if upcoming:
         if upcoming[0].spki_sha256 not in keys:
             keys.append(upcoming[0].spki_sha256)
@@ -107,7 +112,7 @@ def ca_tlsa_records(
             if cert is None or cert.is_acme:
                 continue
             owner = tlsa_owner(pub.port, pub.proto, host.tlsa_name(pub))
-            spkis = published_keys(valid, host.fqdn, cert.name)
+            spkis = published_keys(valid, host.fqdn, cert.name, rolling=cert.rollover is not None)
             if not spkis:
                 missing.append(Unpublished(host.fqdn, owner, cert.name))
                 continue

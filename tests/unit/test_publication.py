@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pkinfra import issue, tlsa
 from pkinfra.ca import CAStore
-from pkinfra.model import load_inventory_file
+from pkinfra.model import Inventory, load_inventory_file
 from pkinfra.publication import Unpublished, ca_tlsa_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,8 +79,20 @@ def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _rolling(inventory: Inventory, host: str, cert_name: str, label: str | None) -> Inventory:
+    """``inventory`` with certificate ``cert_name`` of ``host`` asking for rollover ``label``."""
+    spec = inventory.hosts[host]
+    certificates = [
+        c.model_copy(update={"rollover": label}) if c.name == cert_name else c
+        for c in spec.certificates
+    ]
+    hosts = {**inventory.hosts, host: spec.model_copy(update={"certificates": certificates})}
+    return dataclasses.replace(inventory, hosts=hosts)
+
+
 def test_a_key_rollover_publishes_both_keys_until_the_old_one_is_retired(tmp_path: Path) -> None:
-    inventory = dataclasses.replace(load_inventory_file(ROOT / "inventory.py"), base_dir=tmp_path)
+    lab = dataclasses.replace(load_inventory_file(ROOT / "inventory.py"), base_dir=tmp_path)
+    inventory = _rolling(lab, "db1.example.test", "postgres", "next")
     store = CAStore(inventory.pki_dir)
     store.create_root("duckcorp", unencrypted=True)
     old, new = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -104,6 +116,9 @@ def test_a_key_rollover_publishes_both_keys_until_the_old_one_is_retired(tmp_pat
     assert published() == [old_rr], "only the newest certificate's key"
     sign(new, "postgres-next")  # step 1: the next certificate
     assert published() == [old_rr, new_rr]
+    given_up = _rolling(inventory, "db1.example.test", "postgres", None)
+    given_up_records = [r.value for r in ca_tlsa_records(given_up, store)[0] if r.owner == OWNER]
+    assert given_up_records == [old_rr], "no rollover asked for: the next key is not published"
     sign(new, "postgres")  # step 2: the switch signs the next key under the real name
     assert sorted(published()) == sorted([old_rr, new_rr]), "the old one stays until retired"
     retired = issue.retire_key(store, "db1.example.test", "postgres", old_rr.split()[-1])

@@ -1,0 +1,108 @@
+"""lab/tlsd.py on a lab host as a systemd unit: a daemon that reloads its certificate on one
+signal and logs every signal it gets, so a test sees what it was told and what it serves."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = "/usr/local/lib/lab-tlsd.py"
+PROCESS = "lab-tlsd"
+
+
+def sh(
+    container: str, command: str, *env: str, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """``command`` through ``sh -c`` as root in ``container`` (``env``: NAME=value pairs)."""
+    flags = [arg for pair in env for arg in ("-e", pair)]
+    return subprocess.run(
+        ["docker", "exec", *flags, container, "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass(frozen=True)
+class Tlsd:
+    """One tlsd unit on one lab host."""
+
+    container: str
+    address: str
+    port: int
+    cert: str
+    key: str
+    signal: str
+
+    @property
+    def unit(self) -> str:
+        return f"lab-tlsd-{self.port}"
+
+    @property
+    def pidfile(self) -> str:
+        return f"/run/{self.unit}.pid"
+
+    @property
+    def log(self) -> str:
+        return f"/var/log/{self.unit}.log"
+
+    def start(self) -> None:
+        """(Re)start the unit with an empty log, and wait until it listens."""
+        copied = subprocess.run(
+            ["docker", "cp", str(ROOT / "lab" / "tlsd.py"), f"{self.container}:{SCRIPT}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert copied.returncode == 0, copied.stderr
+        self.stop()
+        started = sh(
+            self.container,
+            f"rm -f {self.log} {self.pidfile} && systemd-run --quiet --collect --unit={self.unit}"
+            f" /usr/bin/python3 {SCRIPT} --cert {self.cert} --key {self.key} --host 0.0.0.0"
+            f" --port {self.port} --pidfile {self.pidfile} --log {self.log}"
+            f" --reload-signal {self.signal} --name {PROCESS}"
+            f" && for i in $(seq 100); do test -s {self.pidfile} && exit 0; sleep 0.1; done;"
+            f" systemctl status --no-pager {self.unit}; exit 1",
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+
+    def stop(self) -> None:
+        sh(
+            self.container,
+            f"systemctl stop {self.unit} 2>/dev/null; systemctl reset-failed {self.unit}"
+            " 2>/dev/null; true",
+        )
+
+    def lines(self) -> list[str]:
+        """The daemon's log: what it got, and whether it reloaded."""
+        out = sh(self.container, f"cat {self.log} 2>/dev/null || true").stdout
+        return [line for line in out.splitlines() if line.startswith("got ")]
+
+    def reloads(self) -> int:
+        return sum(f"got SIG{self.signal}: reloaded" in line for line in self.lines())
+
+    def served(self) -> x509.Certificate:
+        """The certificate the daemon serves now (read over TLS from here)."""
+        pem = ssl.get_server_certificate((self.address, self.port), timeout=10)
+        return x509.load_pem_x509_certificate(pem.encode())
+
+    def file_serial(self, path: str | None = None) -> int:
+        out = sh(self.container, f"openssl x509 -noout -serial -in {path or self.cert}")
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.strip().split("=", 1)[1], 16)
+
+    def wait_serving(self, serial: int, within: float = 10.0) -> None:
+        """Until the daemon serves ``serial`` (a signal is handled a moment after it is sent)."""
+        deadline = time.monotonic() + within
+        served = self.served().serial_number
+        while served != serial and time.monotonic() < deadline:
+            time.sleep(0.2)
+            served = self.served().serial_number
+        assert served == serial, f"{self.unit} serves {served:x}, not {serial:x}: {self.lines()}"
