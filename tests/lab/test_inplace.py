@@ -88,7 +88,8 @@ def run(inventory: Path, deploys: str, groups: tuple[str, ...], ok: bool = True)
 def renew(container: str, lineage: str, *env: str, force: bool = True) -> str:
     """certbot alone on the host, as its timer runs it (its deploy hook delivers)."""
     flag = " --force-renewal" if force else ""
-    done = sh(container, f"{CLEAN_ENV} certbot renew --cert-name {lineage}{flag}", *env)
+    variables = "".join(f" {pair}" for pair in env)
+    done = sh(container, f"{CLEAN_ENV}{variables} certbot renew --cert-name {lineage}{flag}")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     return out
@@ -170,11 +171,10 @@ def served_by_nginx() -> int:
 
 
 def pair_matches(container: str, cert: str, key: str) -> bool:
-    spki = "openssl pkey -pubout -outform DER | sha256sum"
     check = sh(
         container,
-        f'[ "$(openssl x509 -in {cert} -noout -pubkey | {spki})"'
-        f' = "$(openssl pkey -in {key} | {spki})" ]',
+        f'[ "$(openssl x509 -in {cert} -noout -pubkey | openssl pkey -pubin -outform DER'
+        f' | sha256sum)" = "$(openssl pkey -in {key} -pubout -outform DER | sha256sum)" ]',
     )
     return check.returncode == 0
 
