@@ -485,6 +485,79 @@ def _failure(exc: BaseException, timeout: float, key: TSIGKey | None) -> tuple[s
 _WIRE_ERRORS = (dns.exception.DNSException, OSError, EOFError)
 
 
+# --- propagation ---------------------------------------------------------------------------
+
+
+def served_by(
+    server: Server,
+    name: dns.name.Name,
+    rdtype: dns.rdatatype.RdataType,
+    rdata: dns.rdata.Rdata,
+    timeout: float,
+) -> tuple[bool, str]:
+    """(does `server` serve `rdata` at `name`?, what the server said) from one RD=0 query.
+
+    Only an authoritative answer (AA set) counts: a server that has not loaded the zone yet, or
+    one that answers from its cache, says nothing about what the zone holds now.
+    """
+    query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
+    query.flags &= ~dns.flags.RD
+    try:
+        response, _ = dns.query.udp_with_fallback(
+            query, server.address, timeout=timeout, port=server.port
+        )
+    except _WIRE_ERRORS as exc:
+        return False, _failure(exc, timeout, None)[1]
+    rcode = response.rcode()
+    if not response.flags & dns.flags.AA:
+        # A secondary that has not loaded the zone yet answers REFUSED or SERVFAIL.
+        return False, f"not authoritative ({dns.rcode.to_text(rcode)})"
+    if rcode == dns.rcode.NXDOMAIN:
+        return False, "NXDOMAIN"
+    if rcode != dns.rcode.NOERROR:
+        return False, dns.rcode.to_text(rcode)
+    for rrset in response.answer:
+        if rrset.name != name:
+            continue
+        if rrset.rdtype == dns.rdatatype.CNAME:
+            return False, "a CNAME (not the final name)"
+        if rrset.rdtype == rdtype:
+            if rdata in rrset:
+                return True, "serves it"
+            return False, f"{len(rrset)} other value(s)"
+    return False, f"no {dns.rdatatype.to_text(rdtype)}"
+
+
+def served_everywhere(
+    name: NameLike,
+    rdtype: RdtypeLike,
+    value: str,
+    servers: Iterable[str],
+    timeout: float = DEFAULT_TIMEOUT,
+) -> str:
+    """'' when each of `servers` serves `value` at `name` (`served_by`: RD=0, authoritative
+    answers only), asked once each; else why not, for the first one that does not.
+
+    For a caller that knows the authoritative servers (the controller, from the inventory) and
+    asks again itself; `RFC2136Client.wait_visible` finds them from the zone's NS and waits.
+
+    + servers: `address` or `address#port`
+    """
+    owner = _owner(name, "checking a record")
+    try:
+        kind = _rdtype(rdtype)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise DNSUpdateError("checking a record", str(exc), name=owner) from None
+    rdata = _parse_value(kind, value, f"checking {dns.rdatatype.to_text(kind)}", owner)
+    for text in servers:
+        server = Server.from_text(text)
+        serves, said = served_by(server, owner, kind, rdata, timeout)
+        if not serves:
+            want = rdata.to_text()[:20]
+            return f"{server} does not serve {want}... at {_text(owner)} yet ({said})"
+    return ""
+
+
 # --- the client ----------------------------------------------------------------------------
 
 
@@ -812,42 +885,6 @@ class RFC2136Client:
 
     # propagation -----------------------------------------------------------------------------
 
-    def _state(
-        self,
-        server: Server,
-        name: dns.name.Name,
-        rdtype: dns.rdatatype.RdataType,
-        rdata: dns.rdata.Rdata,
-        timeout: float,
-    ) -> tuple[bool, str]:
-        """(serves `rdata`?, what the server said) from one RD=0 query."""
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
-        query.flags &= ~dns.flags.RD
-        try:
-            response, _ = dns.query.udp_with_fallback(
-                query, server.address, timeout=timeout, port=server.port
-            )
-        except _WIRE_ERRORS as exc:
-            return False, _failure(exc, timeout, None)[1]
-        rcode = response.rcode()
-        if not response.flags & dns.flags.AA:
-            # A secondary that has not loaded the zone yet answers REFUSED or SERVFAIL.
-            return False, f"not authoritative ({dns.rcode.to_text(rcode)})"
-        if rcode == dns.rcode.NXDOMAIN:
-            return False, "NXDOMAIN"
-        if rcode != dns.rcode.NOERROR:
-            return False, dns.rcode.to_text(rcode)
-        for rrset in response.answer:
-            if rrset.name != name:
-                continue
-            if rrset.rdtype == dns.rdatatype.CNAME:
-                return False, "a CNAME (not the final name)"
-            if rrset.rdtype == rdtype:
-                if rdata in rrset:
-                    return True, "serves it"
-                return False, f"{len(rrset)} other value(s)"
-        return False, f"no {dns.rdatatype.to_text(rdtype)}"
-
     def values(self, name: NameLike, rdtype: RdtypeLike) -> set[str]:
         """The RRset the zone's primary serves now (presentation text; empty when absent),
         asked with RD=0, as an update would change it."""
@@ -938,7 +975,7 @@ class RFC2136Client:
             for server in list(pending):
                 remaining = deadline - time.monotonic()
                 query_timeout = max(0.05, min(self.timeout, MAX_POLL_DELAY, remaining))
-                serves, said = self._state(server, owner, kind, rdata, query_timeout)
+                serves, said = served_by(server, owner, kind, rdata, query_timeout)
                 if serves == present:
                     timings[str(server)] = time.monotonic() - started
                     del pending[server]
