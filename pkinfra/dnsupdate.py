@@ -24,7 +24,6 @@ import base64
 import binascii
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.resolver
 import dns.tsig
 import dns.update
 
@@ -147,9 +147,10 @@ class TSIGKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], name: NameLike | None = None) -> TSIGKey:
-        """The key from a BIND key file (`key "n" { algorithm ...; secret "...": };`).
+        """The key from a key file as `tsig-keygen` writes it (`key "n" { algorithm ...;
+        secret "..."; };`).
 
-        + path: the file, as `tsig-keygen` writes it; comments in any of BIND's three styles
+        + path: the file; several keys may follow each other, `#` and `//` lines are comments
         + name: which key, when the file holds several
         """
         path = Path(path)
@@ -161,7 +162,7 @@ class TSIGKey:
             raise DNSUpdateError(action, exc.strerror or type(exc).__name__) from None
         if mode & stat.S_IROTH:
             log.warning("TSIG key file %s is readable by every user", path)
-        keys = _parse_key_file(text, action)
+        keys = _read_key_file(text, action)
         if name is not None:
             wanted = _key_name(name)
             keys = [key for key in keys if key.name == wanted]
@@ -192,116 +193,75 @@ def _algorithm_name(algorithm: str) -> str:
     return normalized
 
 
-_TOKEN = re.compile(
-    r"""
-    (?P<space>\s+)
-  | (?P<comment>//[^\n]*|\#[^\n]*|/\*.*?\*/)
-  | (?P<string>"(?:[^"\\\n]|\\.)*")
-  | (?P<punct>[{};])
-  | (?P<word>[^\s{};"\#/]+)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+# A key file as `tsig-keygen` writes it (and `pkinfra.tsig.key_text`):
+#
+#     key "mx1.example.test" {
+#             algorithm hmac-sha256;
+#             secret "<base64>";
+#     };
+#
+# read word by word: blanks and line breaks are free (neither a key name nor base64 holds one),
+# several keys may follow each other, and whole lines starting with `#` or `//` are comments.
+# Nothing else of BIND's grammar: a key file is not a named.conf.
+_KEY_SHAPE = 'key "name" { algorithm ...; secret "..."; };'
 
 
-@dataclass
-class _Token:
-    kind: str
-    value: str
-    line: int
-
-
-@dataclass
-class _Statement:
-    words: list[_Token]
-    block: list[_Statement] | None
-    line: int
-
-
-def _tokenize(text: str, action: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    position, line = 0, 1
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None:
-            # Never quote the text here: it may be (part of) the secret.
-            raise DNSUpdateError(action, f"line {line}: unterminated string or comment")
-        kind = match.lastgroup or ""
-        value = match.group()
-        if kind == "string":
-            tokens.append(_Token(kind, value[1:-1].replace('\\"', '"'), line))
-        elif kind in ("punct", "word"):
-            tokens.append(_Token(kind, value, line))
-        line += value.count("\n")
-        position = match.end()
-    return tokens
-
-
-def _parse_statements(
-    tokens: list[_Token], position: int, nested: bool, action: str
-) -> tuple[list[_Statement], int]:
-    """BIND's grammar, generically: `word... [{ statements }] ;` until `}` or the end."""
-    statements: list[_Statement] = []
-    words: list[_Token] = []
-    block: list[_Statement] | None = None
-    while position < len(tokens):
-        token = tokens[position]
-        position += 1
-        if token.kind != "punct":
-            if block is not None:
-                raise DNSUpdateError(action, f"line {token.line}: expected ';' after '}}'")
-            words.append(token)
-        elif token.value == "{":
-            if block is not None or not words:
-                raise DNSUpdateError(action, f"line {token.line}: unexpected '{{'")
-            block, position = _parse_statements(tokens, position, True, action)
-        elif token.value == ";":
-            if words:
-                statements.append(_Statement(words, block, words[0].line))
-            words, block = [], None
-        else:  # "}"
-            if not nested:
-                raise DNSUpdateError(action, f"line {token.line}: unbalanced '}}'")
-            if words:
-                raise DNSUpdateError(action, f"line {token.line}: expected ';' before '}}'")
-            return statements, position
-    if nested:
-        raise DNSUpdateError(action, "missing '}' at the end of the file")
-    if words:
-        raise DNSUpdateError(action, f"line {words[0].line}: statement without ';'")
-    return statements, position
-
-
-def _parse_key_file(text: str, action: str) -> list[TSIGKey]:
-    statements, _ = _parse_statements(_tokenize(text, action), 0, False, action)
+def _read_key_file(text: str, action: str) -> list[TSIGKey]:
+    words = [
+        (number, word)
+        for number, line in enumerate(text.splitlines(), 1)
+        if not line.lstrip().startswith(("#", "//"))
+        for word in line.split()
+    ]
     keys: list[TSIGKey] = []
-    for statement in statements:
-        # Other statements (a `server` clause, say) are legal in such files and not ours.
-        if statement.words[0].value != "key" or statement.words[0].kind != "word":
-            continue
-        if len(statement.words) != 2 or statement.block is None:
-            raise DNSUpdateError(action, f'line {statement.line}: expected key "name" {{ ... }};')
-        name = statement.words[1].value
+    position = 0
+    while position < len(words):
+        line, word = words[position]
+        # Words are never quoted in an error: one may be (part of) the secret.
+        if word != "key":
+            raise DNSUpdateError(action, f"line {line}: no key statement, expected {_KEY_SHAPE}")
+        head = [w for _, w in words[position + 1 : position + 3]]
+        if len(head) < 2 or head[1] != "{" or not _unquoted(head[0]):
+            raise DNSUpdateError(action, f"line {line}: expected {_KEY_SHAPE}")
+        name, position = _unquoted(head[0]), position + 3
         options: dict[str, str] = {}
-        for option in statement.block:
-            keyword = option.words[0]
-            if keyword.kind != "word" or keyword.value not in ("algorithm", "secret"):
+        while True:
+            if position >= len(words):
+                raise DNSUpdateError(action, f"line {line}: key {name}: missing '}};' at the end")
+            at, word = words[position]
+            if word in ("};", "}"):
+                if word == "}":
+                    raise DNSUpdateError(action, f"line {at}: key {name}: '}}' without ';'")
+                position += 1
+                break
+            if word not in ("algorithm", "secret") or word in options:
                 raise DNSUpdateError(
-                    action, f"line {option.line}: key {name}: expected algorithm or secret"
+                    action, f"line {at}: key {name}: expected algorithm or secret once each"
                 )
-            if len(option.words) != 2 or option.block is not None:
-                raise DNSUpdateError(
-                    action, f"line {option.line}: key {name}: {keyword.value} takes one value"
-                )
-            options[keyword.value] = option.words[1].value
+            if position + 1 >= len(words):
+                raise DNSUpdateError(action, f"line {at}: key {name}: {word} has no value")
+            value = words[position + 1][1]
+            if not value.endswith(";"):
+                raise DNSUpdateError(action, f"line {at}: key {name}: expected ';' after {word}")
+            if value.startswith('"') and (not value.endswith('";') or value == '";'):
+                raise DNSUpdateError(action, f"line {at}: key {name}: unterminated string")
+            options[word] = _unquoted(value[:-1])
+            position += 2
         for required in ("algorithm", "secret"):
-            if required not in options:
-                raise DNSUpdateError(action, f"line {statement.line}: key {name}: no {required}")
+            if not options.get(required):
+                raise DNSUpdateError(action, f"line {line}: key {name}: no {required}")
         try:
             keys.append(TSIGKey.from_text(name, options["algorithm"], options["secret"]))
         except DNSUpdateError as exc:
-            raise DNSUpdateError(action, f"line {statement.line}: {exc.reason}") from None
+            raise DNSUpdateError(action, f"line {line}: {exc.reason}") from None
     return keys
+
+
+def _unquoted(word: str) -> str:
+    """`word` without its double quotes; '' when it is not one plain or quoted word."""
+    if word.startswith('"'):
+        word = word[1:-1] if len(word) > 1 and word.endswith('"') else ""
+    return "" if any(c in word for c in '"{};') else word
 
 
 # --- names, servers, zones -----------------------------------------------------------------
@@ -333,16 +293,12 @@ def _rdtype(rdtype: RdtypeLike) -> dns.rdatatype.RdataType:
 
 def default_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
     """The `nameserver` addresses of resolv.conf, or glibc's fallback (127.0.0.1)."""
-    addresses: list[str] = []
     try:
-        with open(path) as conf:
-            for line in conf:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == "nameserver":
-                    addresses.append(fields[1])
-    except OSError:
-        pass
-    return addresses or ["127.0.0.1"]
+        found = dns.resolver.Resolver(filename=path).nameservers
+    except (dns.exception.DNSException, ValueError):
+        # No file, no nameserver line, or one dnspython cannot read: what glibc would use.
+        return ["127.0.0.1"]
+    return [address for address in found if isinstance(address, str)]
 
 
 @dataclass(frozen=True)

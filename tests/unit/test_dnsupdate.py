@@ -89,12 +89,11 @@ def test_key_file_as_tsig_keygen_writes_it(tmp_path: Path) -> None:
 def test_key_file_with_comments_and_several_keys(tmp_path: Path) -> None:
     path = write(
         tmp_path / "keys.conf",
-        "// two keys, three comment styles\n"
+        "// two keys, two comment styles\n"
         "# hash comment\n"
         f'key one {{ algorithm HMAC-SHA512; secret "{SECRET}"; }};\n'
-        "/* a block\n comment */\n"
-        f'key "two." {{ secret "{SECRET}"; algorithm hmac-sha1; }};\n'
-        'server 10.0.0.1 { keys { "two."; }; };\n',
+        "\n"
+        f'key "two." {{ secret "{SECRET}"; algorithm hmac-sha1; }};\n',
     )
     assert TSIGKey.from_file(path, "one").algorithm == "hmac-sha512"
     assert TSIGKey.from_file(path, "two").algorithm == "hmac-sha1"
@@ -116,6 +115,12 @@ def test_key_file_with_comments_and_several_keys(tmp_path: Path) -> None:
         (f'key "k" {{ algorithm hmac-sha256; secret {SECRET}; }}', "without ';'"),
         (f'key "k" {{ algorithm hmac-sha256; secret "{SECRET}"; extra 1; }};', "expected"),
         ("options { };", "no key statement"),
+        # A key file, not a named.conf: no other statement, no block comment.
+        ('server 10.0.0.1 { keys { "k"; }; };', "no key statement"),
+        (f'/* note */ key "k" {{ algorithm hmac-sha256; secret "{SECRET}"; }};', "no key"),
+        (f'key "k" {{ algorithm hmac-sha256; algorithm hmac-sha1; secret "{SECRET}"; }};', "once"),
+        (f'key "k" {{ algorithm hmac-sha256; secret "{SECRET}";', "missing '};'"),
+        ('key "k" { algorithm hmac-sha256; secret', "secret has no value"),
     ],
 )
 def test_key_file_errors_are_clear_and_secret_free(tmp_path: Path, text: str, message: str) -> None:
@@ -172,6 +177,17 @@ def test_default_resolvers(tmp_path: Path) -> None:
     conf.write_text("search example.test\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n")
     assert default_resolvers(str(conf)) == ["192.0.2.53", "2001:db8::53"]
     assert default_resolvers(str(tmp_path / "absent")) == ["127.0.0.1"]
+
+
+def test_default_resolvers_read_a_whole_resolv_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# the lab's\ndomain example.test\noptions trust-ad edns0 timeout:2\n"
+        "nameserver 172.29.53.53\n"
+    )
+    assert default_resolvers(str(conf)) == ["172.29.53.53"]
+    conf.write_text("search example.test\n")
+    assert default_resolvers(str(conf)) == ["127.0.0.1"]
 
 
 def test_change_arguments_are_checked() -> None:
