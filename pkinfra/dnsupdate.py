@@ -325,8 +325,9 @@ class Server:
 
 
 @dataclass(frozen=True)
-class Zone:
-    """A zone as the client found it: SOA primary and the addresses of its NS names."""
+class ZoneServers:
+    """A zone's servers as the client found them: the apex, the SOA primary and the addresses
+    of its NS names (the inventory's zone is `pkinfra.model.Zone`)."""
 
     name: dns.name.Name
     primary_name: dns.name.Name
@@ -556,7 +557,7 @@ class RFC2136Client:
             for host, text in (server_addresses or {}).items()
         }
         self._zone_names: dict[dns.name.Name, dns.name.Name] = {}
-        self._zones: dict[dns.name.Name, Zone] = {}
+        self._zones: dict[dns.name.Name, ZoneServers] = {}
 
     def __repr__(self) -> str:
         resolvers = ", ".join(str(server) for server in self.resolvers)
@@ -591,7 +592,7 @@ class RFC2136Client:
         *,
         recurse: bool,
         action: str,
-        zone: Zone | None = None,
+        zone: ZoneServers | None = None,
         also_accept: tuple[int, ...] = (),
     ) -> dns.message.Message:
         """The first usable answer (NOERROR, NXDOMAIN, `also_accept`) from `servers`, in order."""
@@ -687,7 +688,7 @@ class RFC2136Client:
             rrset.rdtype == dns.rdatatype.CNAME and rrset.name == name for rrset in response.answer
         )
 
-    def zone_of(self, name: NameLike) -> Zone:
+    def zone_of(self, name: NameLike) -> ZoneServers:
         """The zone holding `name`, its primary and the addresses of all its NS names."""
         owner = _owner(name, "finding a zone")
         apex = self._zone_name(owner)
@@ -726,7 +727,7 @@ class RFC2136Client:
         if primary is None:
             primaries = self._servers(mname, action)
             primary = primaries[0] if primaries else None
-        zone = Zone(apex, mname, primary, ns_names, tuple(dict.fromkeys(servers)))
+        zone = ZoneServers(apex, mname, primary, ns_names, tuple(dict.fromkeys(servers)))
         log.debug("zone %s: primary %s, servers %s", zone, primary, [str(s) for s in servers])
         self._zones[apex] = zone
         return zone
@@ -780,7 +781,7 @@ class RFC2136Client:
         """Make the RRset exactly `values` (empty: remove it), atomically."""
         self.update([Change.replace(name, rdtype, values, ttl)])
 
-    def update(self, changes: Iterable[Change]) -> Zone | None:
+    def update(self, changes: Iterable[Change]) -> ZoneServers | None:
         """Send `changes`, all in one zone, as ONE signed update message over TCP.
 
         The server applies such a message atomically and bumps the serial once. Returns the
