@@ -1,8 +1,10 @@
 """RFC 2136 client shared by the controller and the host agent.
 
 Owns everything between "this name should carry this record" and "every authoritative server
-serves it": TSIG keys (BIND key files), CNAME following, zone / primary / authoritative server
-discovery, signed dynamic updates over TCP, and the propagation check.
+serves it": TSIG keys (key files as `tsig-keygen` writes them), CNAME following, zone /
+primary / authoritative server discovery, signed dynamic updates over TCP, and the propagation
+check (`served_by`: one server's authoritative answer; `wait_visible` and `served_everywhere`:
+every server), the one the controller uses too.
 
 It runs on the managed hosts too, so it uses only the standard library and the dnspython of
 Debian 12 (2.3): nothing newer than 2.3's API. All failures are one exception type,
@@ -16,6 +18,7 @@ never contains a TSIG secret.
     target, _chain = client.follow_cnames("_acme-challenge.mx1.example.test")
     client.add(target, "TXT", token, ttl=5)
     client.wait_visible(target, "TXT", token)
+    served_everywhere(owner, "TLSA", "3 1 1 8f3c...", ["192.0.2.53", "192.0.2.54"])  # "" when so
 """
 
 from __future__ import annotations
