@@ -267,12 +267,10 @@ def evaluate(
     results = []
     roots_cache: list[x509.Certificate] | None = None
     for rec in records:
-        usage = USAGES.get(rec.usage, f"usage {rec.usage}")
+        text, usage = rec.to_text(), USAGES.get(rec.usage, f"usage {rec.usage}")
         if not rec.usable:
             results.append(
-                RecordResult(
-                    rec.to_text(), usage, False, False, "unknown usage, selector or matching type"
-                )
+                RecordResult(text, usage, False, False, "unknown usage, selector or matching type")
             )
             continue
         if rec.usage == 3:
@@ -280,21 +278,19 @@ def evaluate(
             note = "matches the server's key" if ok else "does not match the leaf"
             if ok and rec.selector == 0:
                 note = "matches the server's certificate"
-            results.append(RecordResult(rec.to_text(), usage, True, ok, note))
+            results.append(RecordResult(text, usage, True, ok, note))
             continue
         if rec.usage == 2:
             anchors = [c for c in chain[1:] if rec.matches(c)]
             if not anchors:
                 results.append(
-                    RecordResult(
-                        rec.to_text(), usage, True, False, "matches no CA certificate in the chain"
-                    )
+                    RecordResult(text, usage, True, False, "matches no CA certificate in the chain")
                 )
                 continue
             path, why = _pkix(chain, name, anchors, now)
             results.append(
                 RecordResult(
-                    rec.to_text(),
+                    text,
                     usage,
                     True,
                     path is not None,
@@ -307,13 +303,13 @@ def evaluate(
             roots_cache = list(pkix_roots) if pkix_roots is not None else system_roots()
         path, why = _pkix(chain, name, roots_cache, now)
         if path is None:
-            results.append(RecordResult(rec.to_text(), usage, True, False, why))
+            results.append(RecordResult(text, usage, True, False, why))
             continue
         targets = [leaf] if rec.usage == 1 else path[1:]
         ok = any(rec.matches(c) for c in targets)
         results.append(
             RecordResult(
-                rec.to_text(),
+                text,
                 usage,
                 True,
                 ok,
