@@ -34,7 +34,7 @@ from operations.facts import (
 )
 from operations.util import ownership_fixes, q
 from pkinfra import tsig
-from pkinfra.publication import served_everywhere
+from pkinfra.dnsupdate import served_everywhere
 from pkinfra.zones import (
     Layout,
     ZoneError,
@@ -277,7 +277,7 @@ def named(
       statements, else the operation refuses and names the line to add to ``include_into``
     + working_dir: named's ``directory`` (relative ``$INCLUDE`` paths of an admin's zone)
     + servers: addresses of every authoritative server: after an admin's zone changed, each
-      must serve its TLSA records (``pkinfra.publication.served_everywhere``)
+      must serve its TLSA records (``pkinfra.dnsupdate.served_everywhere``)
     + now: the clock for new serials (tests)
 
     A static zone's file is rewritten when its content hash changed, with a serial above the
@@ -547,7 +547,11 @@ def _served(state: Any, host: Any, records: list[tuple[str, str]], servers: list
     deadline = time.monotonic() + SERVED_WAIT
     while True:
         reason = next(
-            (why for owner, value in records if (why := served_everywhere(owner, value, servers))),
+            (
+                why
+                for owner, value in records
+                if (why := served_everywhere(owner, "TLSA", value, servers))
+            ),
             "",
         )
         if not reason:

@@ -32,7 +32,7 @@ from operations.util import (
     ownership_fixes,
     q,
 )
-from pkinfra import issue, publication
+from pkinfra import dnsupdate, issue
 from pkinfra.ca import CAError, CAStore, PassphraseSource
 
 
@@ -941,7 +941,7 @@ def _next_served(state: Any, host: Any, **kw: Any) -> bool:
 
     def why() -> str:
         for owner in kw["owners"]:
-            reason = publication.served_everywhere(owner, kw["record"], kw["servers"])
+            reason = dnsupdate.served_everywhere(owner, "TLSA", kw["record"], kw["servers"])
             if reason:
                 return reason
         return ""

@@ -33,7 +33,7 @@ import dns.name
 import dns.query
 import dns.rdatatype
 
-from pkinfra import dane, issue, status
+from pkinfra import dane, issue, status, tlsa
 from pkinfra.agent import status_probe
 from pkinfra.model import HostSpec, Inventory, read_group_data, tlsa_owner
 
@@ -158,7 +158,7 @@ def served_records(owner: str, server: str, timeout: float = 3.0) -> list[str]:
             if rrset.name != name:
                 continue
             if rrset.rdtype == dns.rdatatype.TLSA:
-                records += [f"{r.usage} {r.selector} {r.mtype} {r.cert.hex()}" for r in rrset]
+                records += [tlsa.TLSARecord.from_rdata(r).to_text() for r in rrset]
             elif rrset.rdtype == dns.rdatatype.CNAME:
                 target = rrset[0].target
         if records or target is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
 import ipaddress
 import re
 import subprocess
@@ -32,14 +31,13 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 
 from pkinfra import tlsa
+from pkinfra.tlsa import USAGES, TLSARecord
 
 STARTTLS = ("smtp", "imap", "pop3", "postgres")
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-USAGES = {0: "PKIX-TA", 1: "PKIX-EE", 2: "DANE-TA", 3: "DANE-EE"}
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
@@ -54,22 +52,6 @@ class DaneError(Exception):
     """The check could not be carried out (connection, DNS failure): verdict FAILURE."""
 
 
-@dataclass(frozen=True)
-class TlsaRecord:
-    usage: int
-    selector: int
-    mtype: int
-    data: bytes
-
-    @property
-    def text(self) -> str:
-        return f"{self.usage} {self.selector} {self.mtype} {self.data.hex()}"
-
-    @property
-    def usable(self) -> bool:
-        return self.usage in USAGES and self.selector in (0, 1) and self.mtype in (0, 1, 2)
-
-
 @dataclass
 class Lookup:
     """The TLSA RRset as the validating resolver gave it."""
@@ -78,7 +60,7 @@ class Lookup:
     resolver: str
     #: secure (AD set), insecure (answer without AD), absent (no TLSA RRset), bogus (SERVFAIL)
     status: str
-    records: list[TlsaRecord] = field(default_factory=list)
+    records: list[TLSARecord] = field(default_factory=list)
     detail: str = ""
 
 
@@ -107,7 +89,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if self.lookup is not None:
-            data["lookup"]["records"] = [r.text for r in self.lookup.records]
+            data["lookup"]["records"] = [r.to_text() for r in self.lookup.records]
         data["verdict"] = self.verdict.name.lower()
         data["exit_code"] = int(self.verdict)
         return data
@@ -197,7 +179,7 @@ def classify(owner: str, resolver: str, response: dns.message.Message) -> Lookup
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return Lookup(owner, resolver, "bogus", detail=dns.rcode.to_text(rcode))
     records = [
-        TlsaRecord(rd.usage, rd.selector, rd.mtype, bytes(rd.cert))
+        TLSARecord.from_rdata(rd)
         for rrset in response.answer
         if rrset.rdtype == dns.rdatatype.TLSA
         for rd in rrset
@@ -248,21 +230,6 @@ def fetch_chain(
 # -- matching -----------------------------------------------------------------------------------
 
 
-def _selected(cert: x509.Certificate, selector: int) -> bytes:
-    if selector == 0:
-        return cert.public_bytes(serialization.Encoding.DER)
-    return tlsa.spki_der(cert.public_key())
-
-
-def record_matches(record: TlsaRecord, cert: x509.Certificate) -> bool:
-    data = _selected(cert, record.selector)
-    if record.mtype == 1:
-        data = hashlib.sha256(data).digest()
-    elif record.mtype == 2:
-        data = hashlib.sha512(data).digest()
-    return data == record.data
-
-
 def _pkix(
     chain: Sequence[x509.Certificate],
     name: str,
@@ -287,7 +254,7 @@ def system_roots(path: Path = SYSTEM_CA_BUNDLE) -> list[x509.Certificate]:
 
 
 def evaluate(
-    records: Sequence[TlsaRecord],
+    records: Sequence[TLSARecord],
     chain: Sequence[x509.Certificate],
     name: str,
     *,
@@ -300,34 +267,30 @@ def evaluate(
     results = []
     roots_cache: list[x509.Certificate] | None = None
     for rec in records:
-        usage = USAGES.get(rec.usage, f"usage {rec.usage}")
+        text, usage = rec.to_text(), USAGES.get(rec.usage, f"usage {rec.usage}")
         if not rec.usable:
             results.append(
-                RecordResult(
-                    rec.text, usage, False, False, "unknown usage, selector or matching type"
-                )
+                RecordResult(text, usage, False, False, "unknown usage, selector or matching type")
             )
             continue
         if rec.usage == 3:
-            ok = record_matches(rec, leaf)
+            ok = rec.matches(leaf)
             note = "matches the server's key" if ok else "does not match the leaf"
             if ok and rec.selector == 0:
                 note = "matches the server's certificate"
-            results.append(RecordResult(rec.text, usage, True, ok, note))
+            results.append(RecordResult(text, usage, True, ok, note))
             continue
         if rec.usage == 2:
-            anchors = [c for c in chain[1:] if record_matches(rec, c)]
+            anchors = [c for c in chain[1:] if rec.matches(c)]
             if not anchors:
                 results.append(
-                    RecordResult(
-                        rec.text, usage, True, False, "matches no CA certificate in the chain"
-                    )
+                    RecordResult(text, usage, True, False, "matches no CA certificate in the chain")
                 )
                 continue
             path, why = _pkix(chain, name, anchors, now)
             results.append(
                 RecordResult(
-                    rec.text,
+                    text,
                     usage,
                     True,
                     path is not None,
@@ -340,13 +303,13 @@ def evaluate(
             roots_cache = list(pkix_roots) if pkix_roots is not None else system_roots()
         path, why = _pkix(chain, name, roots_cache, now)
         if path is None:
-            results.append(RecordResult(rec.text, usage, True, False, why))
+            results.append(RecordResult(text, usage, True, False, why))
             continue
         targets = [leaf] if rec.usage == 1 else path[1:]
-        ok = any(record_matches(rec, c) for c in targets)
+        ok = any(rec.matches(c) for c in targets)
         results.append(
             RecordResult(
-                rec.text,
+                text,
                 usage,
                 True,
                 ok,

@@ -1,8 +1,10 @@
 """RFC 2136 client shared by the controller and the host agent.
 
 Owns everything between "this name should carry this record" and "every authoritative server
-serves it": TSIG keys (BIND key files), CNAME following, zone / primary / authoritative server
-discovery, signed dynamic updates over TCP, and the propagation check.
+serves it": TSIG keys (key files as `tsig-keygen` writes them), CNAME following, zone /
+primary / authoritative server discovery, signed dynamic updates over TCP, and the propagation
+check (`served_by`: one server's authoritative answer; `wait_visible` and `served_everywhere`:
+every server), the one the controller uses too.
 
 It runs on the managed hosts too, so it uses only the standard library and the dnspython of
 Debian 12 (2.3): nothing newer than 2.3's API. All failures are one exception type,
@@ -16,6 +18,7 @@ never contains a TSIG secret.
     target, _chain = client.follow_cnames("_acme-challenge.mx1.example.test")
     client.add(target, "TXT", token, ttl=5)
     client.wait_visible(target, "TXT", token)
+    served_everywhere(owner, "TLSA", "3 1 1 8f3c...", ["192.0.2.53", "192.0.2.54"])  # "" when so
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import base64
 import binascii
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +43,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.resolver
 import dns.tsig
 import dns.update
 
@@ -147,9 +150,10 @@ class TSIGKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], name: NameLike | None = None) -> TSIGKey:
-        """The key from a BIND key file (`key "n" { algorithm ...; secret "...": };`).
+        """The key from a key file as `tsig-keygen` writes it (`key "n" { algorithm ...;
+        secret "..."; };`).
 
-        + path: the file, as `tsig-keygen` writes it; comments in any of BIND's three styles
+        + path: the file; several keys may follow each other, `#` and `//` lines are comments
         + name: which key, when the file holds several
         """
         path = Path(path)
@@ -161,7 +165,7 @@ class TSIGKey:
             raise DNSUpdateError(action, exc.strerror or type(exc).__name__) from None
         if mode & stat.S_IROTH:
             log.warning("TSIG key file %s is readable by every user", path)
-        keys = _parse_key_file(text, action)
+        keys = _read_key_file(text, action)
         if name is not None:
             wanted = _key_name(name)
             keys = [key for key in keys if key.name == wanted]
@@ -192,116 +196,75 @@ def _algorithm_name(algorithm: str) -> str:
     return normalized
 
 
-_TOKEN = re.compile(
-    r"""
-    (?P<space>\s+)
-  | (?P<comment>//[^\n]*|\#[^\n]*|/\*.*?\*/)
-  | (?P<string>"(?:[^"\\\n]|\\.)*")
-  | (?P<punct>[{};])
-  | (?P<word>[^\s{};"\#/]+)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+# A key file as `tsig-keygen` writes it (and `pkinfra.tsig.key_text`):
+#
+#     key "mx1.example.test" {
+#             algorithm hmac-sha256;
+#             secret "<base64>";
+#     };
+#
+# read word by word: blanks and line breaks are free (neither a key name nor base64 holds one),
+# several keys may follow each other, and whole lines starting with `#` or `//` are comments.
+# Nothing else of BIND's grammar: a key file is not a named.conf.
+_KEY_SHAPE = 'key "name" { algorithm ...; secret "..."; };'
 
 
-@dataclass
-class _Token:
-    kind: str
-    value: str
-    line: int
-
-
-@dataclass
-class _Statement:
-    words: list[_Token]
-    block: list[_Statement] | None
-    line: int
-
-
-def _tokenize(text: str, action: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    position, line = 0, 1
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None:
-            # Never quote the text here: it may be (part of) the secret.
-            raise DNSUpdateError(action, f"line {line}: unterminated string or comment")
-        kind = match.lastgroup or ""
-        value = match.group()
-        if kind == "string":
-            tokens.append(_Token(kind, value[1:-1].replace('\\"', '"'), line))
-        elif kind in ("punct", "word"):
-            tokens.append(_Token(kind, value, line))
-        line += value.count("\n")
-        position = match.end()
-    return tokens
-
-
-def _parse_statements(
-    tokens: list[_Token], position: int, nested: bool, action: str
-) -> tuple[list[_Statement], int]:
-    """BIND's grammar, generically: `word... [{ statements }] ;` until `}` or the end."""
-    statements: list[_Statement] = []
-    words: list[_Token] = []
-    block: list[_Statement] | None = None
-    while position < len(tokens):
-        token = tokens[position]
-        position += 1
-        if token.kind != "punct":
-            if block is not None:
-                raise DNSUpdateError(action, f"line {token.line}: expected ';' after '}}'")
-            words.append(token)
-        elif token.value == "{":
-            if block is not None or not words:
-                raise DNSUpdateError(action, f"line {token.line}: unexpected '{{'")
-            block, position = _parse_statements(tokens, position, True, action)
-        elif token.value == ";":
-            if words:
-                statements.append(_Statement(words, block, words[0].line))
-            words, block = [], None
-        else:  # "}"
-            if not nested:
-                raise DNSUpdateError(action, f"line {token.line}: unbalanced '}}'")
-            if words:
-                raise DNSUpdateError(action, f"line {token.line}: expected ';' before '}}'")
-            return statements, position
-    if nested:
-        raise DNSUpdateError(action, "missing '}' at the end of the file")
-    if words:
-        raise DNSUpdateError(action, f"line {words[0].line}: statement without ';'")
-    return statements, position
-
-
-def _parse_key_file(text: str, action: str) -> list[TSIGKey]:
-    statements, _ = _parse_statements(_tokenize(text, action), 0, False, action)
+def _read_key_file(text: str, action: str) -> list[TSIGKey]:
+    words = [
+        (number, word)
+        for number, line in enumerate(text.splitlines(), 1)
+        if not line.lstrip().startswith(("#", "//"))
+        for word in line.split()
+    ]
     keys: list[TSIGKey] = []
-    for statement in statements:
-        # Other statements (a `server` clause, say) are legal in such files and not ours.
-        if statement.words[0].value != "key" or statement.words[0].kind != "word":
-            continue
-        if len(statement.words) != 2 or statement.block is None:
-            raise DNSUpdateError(action, f'line {statement.line}: expected key "name" {{ ... }};')
-        name = statement.words[1].value
+    position = 0
+    while position < len(words):
+        line, word = words[position]
+        # Words are never quoted in an error: one may be (part of) the secret.
+        if word != "key":
+            raise DNSUpdateError(action, f"line {line}: no key statement, expected {_KEY_SHAPE}")
+        head = [w for _, w in words[position + 1 : position + 3]]
+        if len(head) < 2 or head[1] != "{" or not _unquoted(head[0]):
+            raise DNSUpdateError(action, f"line {line}: expected {_KEY_SHAPE}")
+        name, position = _unquoted(head[0]), position + 3
         options: dict[str, str] = {}
-        for option in statement.block:
-            keyword = option.words[0]
-            if keyword.kind != "word" or keyword.value not in ("algorithm", "secret"):
+        while True:
+            if position >= len(words):
+                raise DNSUpdateError(action, f"line {line}: key {name}: missing '}};' at the end")
+            at, word = words[position]
+            if word in ("};", "}"):
+                if word == "}":
+                    raise DNSUpdateError(action, f"line {at}: key {name}: '}}' without ';'")
+                position += 1
+                break
+            if word not in ("algorithm", "secret") or word in options:
                 raise DNSUpdateError(
-                    action, f"line {option.line}: key {name}: expected algorithm or secret"
+                    action, f"line {at}: key {name}: expected algorithm or secret once each"
                 )
-            if len(option.words) != 2 or option.block is not None:
-                raise DNSUpdateError(
-                    action, f"line {option.line}: key {name}: {keyword.value} takes one value"
-                )
-            options[keyword.value] = option.words[1].value
+            if position + 1 >= len(words):
+                raise DNSUpdateError(action, f"line {at}: key {name}: {word} has no value")
+            value = words[position + 1][1]
+            if not value.endswith(";"):
+                raise DNSUpdateError(action, f"line {at}: key {name}: expected ';' after {word}")
+            if value.startswith('"') and (not value.endswith('";') or value == '";'):
+                raise DNSUpdateError(action, f"line {at}: key {name}: unterminated string")
+            options[word] = _unquoted(value[:-1])
+            position += 2
         for required in ("algorithm", "secret"):
-            if required not in options:
-                raise DNSUpdateError(action, f"line {statement.line}: key {name}: no {required}")
+            if not options.get(required):
+                raise DNSUpdateError(action, f"line {line}: key {name}: no {required}")
         try:
             keys.append(TSIGKey.from_text(name, options["algorithm"], options["secret"]))
         except DNSUpdateError as exc:
-            raise DNSUpdateError(action, f"line {statement.line}: {exc.reason}") from None
+            raise DNSUpdateError(action, f"line {line}: {exc.reason}") from None
     return keys
+
+
+def _unquoted(word: str) -> str:
+    """`word` without its double quotes; '' when it is not one plain or quoted word."""
+    if word.startswith('"'):
+        word = word[1:-1] if len(word) > 1 and word.endswith('"') else ""
+    return "" if any(c in word for c in '"{};') else word
 
 
 # --- names, servers, zones -----------------------------------------------------------------
@@ -333,16 +296,12 @@ def _rdtype(rdtype: RdtypeLike) -> dns.rdatatype.RdataType:
 
 def default_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
     """The `nameserver` addresses of resolv.conf, or glibc's fallback (127.0.0.1)."""
-    addresses: list[str] = []
     try:
-        with open(path) as conf:
-            for line in conf:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == "nameserver":
-                    addresses.append(fields[1])
-    except OSError:
-        pass
-    return addresses or ["127.0.0.1"]
+        found = dns.resolver.Resolver(filename=path).nameservers
+    except (dns.exception.DNSException, ValueError):
+        # No file, no nameserver line, or one dnspython cannot read: what glibc would use.
+        return ["127.0.0.1"]
+    return [address for address in found if isinstance(address, str)]
 
 
 @dataclass(frozen=True)
@@ -369,8 +328,9 @@ class Server:
 
 
 @dataclass(frozen=True)
-class Zone:
-    """A zone as the client found it: SOA primary and the addresses of its NS names."""
+class ZoneServers:
+    """A zone's servers as the client found them: the apex, the SOA primary and the addresses
+    of its NS names (the inventory's zone is `pkinfra.model.Zone`)."""
 
     name: dns.name.Name
     primary_name: dns.name.Name
@@ -485,6 +445,79 @@ def _failure(exc: BaseException, timeout: float, key: TSIGKey | None) -> tuple[s
 _WIRE_ERRORS = (dns.exception.DNSException, OSError, EOFError)
 
 
+# --- propagation ---------------------------------------------------------------------------
+
+
+def served_by(
+    server: Server,
+    name: dns.name.Name,
+    rdtype: dns.rdatatype.RdataType,
+    rdata: dns.rdata.Rdata,
+    timeout: float,
+) -> tuple[bool, str]:
+    """(does `server` serve `rdata` at `name`?, what the server said) from one RD=0 query.
+
+    Only an authoritative answer (AA set) counts: a server that has not loaded the zone yet, or
+    one that answers from its cache, says nothing about what the zone holds now.
+    """
+    query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
+    query.flags &= ~dns.flags.RD
+    try:
+        response, _ = dns.query.udp_with_fallback(
+            query, server.address, timeout=timeout, port=server.port
+        )
+    except _WIRE_ERRORS as exc:
+        return False, _failure(exc, timeout, None)[1]
+    rcode = response.rcode()
+    if not response.flags & dns.flags.AA:
+        # A secondary that has not loaded the zone yet answers REFUSED or SERVFAIL.
+        return False, f"not authoritative ({dns.rcode.to_text(rcode)})"
+    if rcode == dns.rcode.NXDOMAIN:
+        return False, "NXDOMAIN"
+    if rcode != dns.rcode.NOERROR:
+        return False, dns.rcode.to_text(rcode)
+    for rrset in response.answer:
+        if rrset.name != name:
+            continue
+        if rrset.rdtype == dns.rdatatype.CNAME:
+            return False, "a CNAME (not the final name)"
+        if rrset.rdtype == rdtype:
+            if rdata in rrset:
+                return True, "serves it"
+            return False, f"{len(rrset)} other value(s)"
+    return False, f"no {dns.rdatatype.to_text(rdtype)}"
+
+
+def served_everywhere(
+    name: NameLike,
+    rdtype: RdtypeLike,
+    value: str,
+    servers: Iterable[str],
+    timeout: float = DEFAULT_TIMEOUT,
+) -> str:
+    """'' when each of `servers` serves `value` at `name` (`served_by`: RD=0, authoritative
+    answers only), asked once each; else why not, for the first one that does not.
+
+    For a caller that knows the authoritative servers (the controller, from the inventory) and
+    asks again itself; `RFC2136Client.wait_visible` finds them from the zone's NS and waits.
+
+    + servers: `address` or `address#port`
+    """
+    owner = _owner(name, "checking a record")
+    try:
+        kind = _rdtype(rdtype)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise DNSUpdateError("checking a record", str(exc), name=owner) from None
+    rdata = _parse_value(kind, value, f"checking {dns.rdatatype.to_text(kind)}", owner)
+    for text in servers:
+        server = Server.from_text(text)
+        serves, said = served_by(server, owner, kind, rdata, timeout)
+        if not serves:
+            want = rdata.to_text()[:20]
+            return f"{server} does not serve {want}... at {_text(owner)} yet ({said})"
+    return ""
+
+
 # --- the client ----------------------------------------------------------------------------
 
 
@@ -527,7 +560,7 @@ class RFC2136Client:
             for host, text in (server_addresses or {}).items()
         }
         self._zone_names: dict[dns.name.Name, dns.name.Name] = {}
-        self._zones: dict[dns.name.Name, Zone] = {}
+        self._zones: dict[dns.name.Name, ZoneServers] = {}
 
     def __repr__(self) -> str:
         resolvers = ", ".join(str(server) for server in self.resolvers)
@@ -562,7 +595,7 @@ class RFC2136Client:
         *,
         recurse: bool,
         action: str,
-        zone: Zone | None = None,
+        zone: ZoneServers | None = None,
         also_accept: tuple[int, ...] = (),
     ) -> dns.message.Message:
         """The first usable answer (NOERROR, NXDOMAIN, `also_accept`) from `servers`, in order."""
@@ -658,7 +691,7 @@ class RFC2136Client:
             rrset.rdtype == dns.rdatatype.CNAME and rrset.name == name for rrset in response.answer
         )
 
-    def zone_of(self, name: NameLike) -> Zone:
+    def zone_of(self, name: NameLike) -> ZoneServers:
         """The zone holding `name`, its primary and the addresses of all its NS names."""
         owner = _owner(name, "finding a zone")
         apex = self._zone_name(owner)
@@ -697,7 +730,7 @@ class RFC2136Client:
         if primary is None:
             primaries = self._servers(mname, action)
             primary = primaries[0] if primaries else None
-        zone = Zone(apex, mname, primary, ns_names, tuple(dict.fromkeys(servers)))
+        zone = ZoneServers(apex, mname, primary, ns_names, tuple(dict.fromkeys(servers)))
         log.debug("zone %s: primary %s, servers %s", zone, primary, [str(s) for s in servers])
         self._zones[apex] = zone
         return zone
@@ -751,7 +784,7 @@ class RFC2136Client:
         """Make the RRset exactly `values` (empty: remove it), atomically."""
         self.update([Change.replace(name, rdtype, values, ttl)])
 
-    def update(self, changes: Iterable[Change]) -> Zone | None:
+    def update(self, changes: Iterable[Change]) -> ZoneServers | None:
         """Send `changes`, all in one zone, as ONE signed update message over TCP.
 
         The server applies such a message atomically and bumps the serial once. Returns the
@@ -811,42 +844,6 @@ class RFC2136Client:
         return zone
 
     # propagation -----------------------------------------------------------------------------
-
-    def _state(
-        self,
-        server: Server,
-        name: dns.name.Name,
-        rdtype: dns.rdatatype.RdataType,
-        rdata: dns.rdata.Rdata,
-        timeout: float,
-    ) -> tuple[bool, str]:
-        """(serves `rdata`?, what the server said) from one RD=0 query."""
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
-        query.flags &= ~dns.flags.RD
-        try:
-            response, _ = dns.query.udp_with_fallback(
-                query, server.address, timeout=timeout, port=server.port
-            )
-        except _WIRE_ERRORS as exc:
-            return False, _failure(exc, timeout, None)[1]
-        rcode = response.rcode()
-        if not response.flags & dns.flags.AA:
-            # A secondary that has not loaded the zone yet answers REFUSED or SERVFAIL.
-            return False, f"not authoritative ({dns.rcode.to_text(rcode)})"
-        if rcode == dns.rcode.NXDOMAIN:
-            return False, "NXDOMAIN"
-        if rcode != dns.rcode.NOERROR:
-            return False, dns.rcode.to_text(rcode)
-        for rrset in response.answer:
-            if rrset.name != name:
-                continue
-            if rrset.rdtype == dns.rdatatype.CNAME:
-                return False, "a CNAME (not the final name)"
-            if rrset.rdtype == rdtype:
-                if rdata in rrset:
-                    return True, "serves it"
-                return False, f"{len(rrset)} other value(s)"
-        return False, f"no {dns.rdatatype.to_text(rdtype)}"
 
     def values(self, name: NameLike, rdtype: RdtypeLike) -> set[str]:
         """The RRset the zone's primary serves now (presentation text; empty when absent),
@@ -938,7 +935,7 @@ class RFC2136Client:
             for server in list(pending):
                 remaining = deadline - time.monotonic()
                 query_timeout = max(0.05, min(self.timeout, MAX_POLL_DELAY, remaining))
-                serves, said = self._state(server, owner, kind, rdata, query_timeout)
+                serves, said = served_by(server, owner, kind, rdata, query_timeout)
                 if serves == present:
                     timings[str(server)] = time.monotonic() - started
                     del pending[server]

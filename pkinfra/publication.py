@@ -12,14 +12,7 @@ the shadow zone).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-import dns.exception
-import dns.flags
-import dns.message
-import dns.query
-import dns.rdatatype
 
 from pkinfra import zones
 from pkinfra.ca import CAStore, Record
@@ -71,31 +64,6 @@ def published_keys(
             if old is not None:
                 keys.append(old.spki_sha256)
     return keys
-
-
-def served_everywhere(owner: str, value: str, servers: Sequence[str], timeout: float = 3.0) -> str:
-    """'' when every server in ``servers`` (addresses) answers ``owner`` TLSA with ``value``
-    among its records (asked directly, no recursion, no cache); else why not."""
-    usage, selector, mtype, *data = value.lower().split()
-    want = f"{usage} {selector} {mtype} {''.join(data)}"
-    for server in servers:
-        query = dns.message.make_query(owner, dns.rdatatype.TLSA)
-        query.flags &= ~dns.flags.RD
-        try:
-            answer = dns.query.udp(query, server, timeout=timeout)
-            if answer.flags & dns.flags.TC:
-                answer = dns.query.tcp(query, server, timeout=timeout)
-        except (OSError, dns.exception.DNSException) as exc:
-            return f"{server} does not answer for {owner} ({exc.__class__.__name__})"
-        have = {
-            f"{rdata.usage} {rdata.selector} {rdata.mtype} {rdata.cert.hex()}"
-            for rrset in answer.answer
-            if rrset.rdtype == dns.rdatatype.TLSA
-            for rdata in rrset
-        }
-        if want not in have:
-            return f"{server} does not serve {want[:20]}... at {owner} yet"
-    return ""
 
 
 def ca_tlsa_records(

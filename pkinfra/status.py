@@ -31,7 +31,7 @@ from typing import Any
 
 import jinja2
 
-from pkinfra import acme, issue, services
+from pkinfra import acme, issue, services, tlsa
 from pkinfra.model import NEXT_SUFFIX, Certificate, HostSpec, Inventory, tlsa_owner, zone_of
 
 SCHEMA = 1
@@ -117,11 +117,6 @@ class TlsaObservation:
     #: The live DANE check: valid, mismatch, no_dane, failure; None: not run.
     dane: str | None = None
     dane_summary: str = ""
-
-
-def canonical(value: str) -> str:
-    usage, selector, mtype, *data = value.split()
-    return f"{usage} {selector} {mtype} {''.join(data).lower()}"
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -473,7 +468,7 @@ def _tlsa_row(
         if isinstance(records, str):
             findings.append(Finding(State.CRITICAL, f"{owner}: {server}: {records}"))
             continue
-        have = {canonical(r) for r in records}
+        have = {tlsa.canonical(r) for r in records}
         sets[server] = have
         missing = [w for w in wanted if w not in have]
         if missing:

@@ -1,9 +1,11 @@
 """TLSA records (RFC 6698, RFC 7671) from certificates and public keys.
 
-Owns the record's data: which bytes a selector picks (the whole certificate or its
-SubjectPublicKeyInfo), how a matching type digests them, the `_<port>._<proto>.<name>` owner
-name, and the presentation text (`3 1 1 <hex>`). Usage is carried as data only; what a usage
-means for validation is the DANE checker's business.
+Owns the record: the one TLSA record type (`TLSARecord`), both for the records pkinfra makes
+and for those it reads from DNS; which bytes a selector picks (the whole certificate or its
+SubjectPublicKeyInfo), how a matching type digests them, whether a record matches a certificate
+or key, the `_<port>._<proto>.<name>` owner name, and the presentation text (`3 1 1 <hex>`,
+`canonical`: the one form records are compared in). Usage is carried as data only; what a
+usage means for validation is the DANE checker's business.
 
 Runs on managed hosts too (the agent's TLSA updater), so it needs only the standard library and
 Debian 12's python3-cryptography (38): no API newer than that.
@@ -13,6 +15,7 @@ Debian 12's python3-cryptography (38): no API newer than that.
     record = TLSARecord.from_pem(Path("/etc/letsencrypt/live/mx1/cert.pem").read_bytes())
     owner_name(25, "tcp", "mx1.example.test")   # "_25._tcp.mx1.example.test"
     record.to_text()                            # "3 1 1 8f3c..."
+    canonical("3 1 1 8F3C 77A0...")             # "3 1 1 8f3c77a0..."
 """
 
 from __future__ import annotations
@@ -46,8 +49,22 @@ class PublicKey(Protocol):
 Source = x509.Certificate | PublicKey | bytes | str
 
 
+class TLSARdata(Protocol):
+    """A TLSA rdata as dnspython reads it from DNS (`dns.rdtypes.ANY.TLSA.TLSA`)."""
+
+    usage: int
+    selector: int
+    mtype: int
+    cert: bytes
+
+
 class TLSAError(ValueError):
     """A TLSA record cannot be made or read; the text says which input and why."""
+
+
+def _octet(field: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise TLSAError(f"TLSA {field} {value!r} is not an octet (0-255)")
 
 
 def _check(field: str, value: int, known: dict[int, str]) -> int:
@@ -170,7 +187,13 @@ def _digest(data: bytes, matching_type: int) -> bytes:
 
 @dataclass(frozen=True)
 class TLSARecord:
-    """The rdata of one TLSA record; `3 1 1` (DANE-EE, SPKI, SHA-256) unless told otherwise."""
+    """The rdata of one TLSA record; `3 1 1` (DANE-EE, SPKI, SHA-256) unless told otherwise.
+
+    Any octets make a record, as DNS carries them: one whose usage, selector or matching type
+    RFC 6698 does not define is not `usable` (RFC 7671: a client ignores it) and matches
+    nothing. The builders (`build`, `from_pem`, `from_spki`, `from_text`) make only usable
+    records, with data of the digest's length, and say what is wrong otherwise.
+    """
 
     usage: int
     selector: int
@@ -178,6 +201,21 @@ class TLSARecord:
     data: bytes
 
     def __post_init__(self) -> None:
+        _octet("usage", self.usage)
+        _octet("selector", self.selector)
+        _octet("matching type", self.matching_type)
+
+    @property
+    def usable(self) -> bool:
+        """Whether a DANE client can use the record: usage, selector and matching type known."""
+        return (
+            self.usage in USAGES
+            and self.selector in SELECTORS
+            and self.matching_type in MATCHING_TYPES
+        )
+
+    def _checked(self) -> TLSARecord:
+        """This record, if it is one pkinfra would publish; else `TLSAError` saying why."""
         _check("usage", self.usage, USAGES)
         _check("selector", self.selector, SELECTORS)
         _check("matching type", self.matching_type, MATCHING_TYPES)
@@ -189,6 +227,7 @@ class TLSARecord:
             )
         if not self.data:
             raise TLSAError("TLSA data is empty")
+        return self
 
     @classmethod
     def build(
@@ -224,8 +263,20 @@ class TLSARecord:
         return cls(usage, 1, matching_type, _digest(spki, matching_type))
 
     @classmethod
+    def from_rdata(cls, rdata: TLSARdata) -> TLSARecord:
+        """The record of a TLSA rdata from DNS, whatever its parameters (see `usable`)."""
+        return cls(rdata.usage, rdata.selector, rdata.mtype, bytes(rdata.cert))
+
+    @classmethod
     def from_text(cls, text: str) -> TLSARecord:
-        """Parse presentation text: `3 1 1 <hex>` (the hex may be split by blanks)."""
+        """Parse presentation text: `3 1 1 <hex>` (the hex may be split by blanks).
+
+        Only a record pkinfra would publish is accepted (`canonical` reads any).
+        """
+        return cls._parse(text)._checked()
+
+    @classmethod
+    def _parse(cls, text: str) -> TLSARecord:
         fields = text.split()
         if len(fields) < 4:
             raise TLSAError(f"TLSA text {text!r} needs usage, selector, matching type and data")
@@ -246,8 +297,11 @@ class TLSARecord:
     def matches(self, source: Source) -> bool:
         """Whether `source` (certificate or key) has this record's data.
 
-        A record that selects the whole certificate never matches a bare key.
+        A record that selects the whole certificate never matches a bare key; an unusable
+        record matches nothing.
         """
+        if not self.usable:
+            return False
         try:
             selected = selected_data(source, self.selector)
         except TLSAError:
@@ -258,6 +312,15 @@ class TLSARecord:
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+def canonical(text: str) -> str:
+    """TLSA presentation text in the one form records are compared in: `3 1 1 <hex>`, the hex
+    lower-case in one piece (a server or a person may split it or write it upper-case).
+
+    Reads any usage, selector and matching type (what a server serves is compared as it is).
+    """
+    return TLSARecord._parse(text).to_text()
 
 
 def tlsa_text(source: Source, usage: int = 3, selector: int = 1, matching_type: int = 1) -> str:

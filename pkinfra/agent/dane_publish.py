@@ -58,11 +58,6 @@ class PublishError(Exception):
     """One line for the operator: what could not be published, and why."""
 
 
-def _canonical(value: str) -> str:
-    usage, selector, mtype, *data = value.split()
-    return f"{usage} {selector} {mtype} {''.join(data).lower()}"
-
-
 def lineages(publication: dict[str, Any]) -> list[str]:
     """The lineages whose renewal changes this publication (the first is the served one)."""
     return list(publication.get("lineages") or [publication["lineage"]])
@@ -79,7 +74,7 @@ def kept(publication: dict[str, Any], rollover_dir: str | None) -> set[str]:
         return set()
     except (OSError, ValueError) as exc:
         raise PublishError(f"cannot read the rollover state {path}: {exc}") from None
-    return {_canonical(v) for v in state.get("keep", [])}
+    return {tlsa.canonical(v) for v in state.get("keep", [])}
 
 
 def in_service(publication: dict[str, Any], mapping: str | None) -> set[str]:
@@ -105,7 +100,7 @@ def in_service(publication: dict[str, Any], mapping: str | None) -> set[str]:
             except OSError as exc:
                 raise PublishError(f"{f['path']}: {exc.strerror}") from None
             # combined: the key comes first; its public half is the served key as well.
-            values.add(_canonical(tlsa.TLSARecord.from_pem(pem).to_text()))
+            values.add(tlsa.TLSARecord.from_pem(pem).to_text())
     return values
 
 
@@ -122,7 +117,7 @@ def wanted(
             continue
         except OSError as exc:
             raise PublishError(f"{path}: {exc.strerror}") from None
-        values.add(_canonical(tlsa.TLSARecord.from_pem(pem).to_text()))
+        values.add(tlsa.TLSARecord.from_pem(pem).to_text())
     if not values:
         raise PublishError(f"{publication['owner']}: none of its certificates exists yet")
     return values
@@ -164,7 +159,7 @@ def _sets(
     """(where the owner's CNAME chain ends, the wanted records, the primary's records)."""
     want = wanted(publication, rollover_dir, mapping)
     target, _ = client.follow_cnames(publication["owner"])
-    return target, want, {_canonical(v) for v in client.values(target, "TLSA")}
+    return target, want, {tlsa.canonical(v) for v in client.values(target, "TLSA")}
 
 
 def publish(

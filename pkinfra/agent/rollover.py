@@ -70,7 +70,7 @@ def _say(message: str) -> None:
 def record_of(path: Path) -> str:
     """'3 1 1 <hex>' of a certificate or private key file (only its public half is used)."""
     try:
-        return tlsa.TLSARecord.from_pem(path.read_bytes()).to_text().lower()
+        return tlsa.TLSARecord.from_pem(path.read_bytes()).to_text()
     except OSError as exc:
         raise RolloverError(f"{path}: {exc.strerror}") from None
     except tlsa.TLSAError as exc:

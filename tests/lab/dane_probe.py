@@ -217,7 +217,7 @@ class DaneProbe:
         else:
             verdict, detail = report.verdict, report.summary
             if verdict is not dane.Verdict.VALID and report.lookup is not None:
-                records = ", ".join(r.text for r in report.lookup.records) or "none"
+                records = ", ".join(r.to_text() for r in report.lookup.records) or "none"
                 detail += f"; TLSA {report.lookup.status}: {records}"
         seconds = time.monotonic() - begin
         return Result(begin - self._started, target.label, phase, verdict, detail, seconds)

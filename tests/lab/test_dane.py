@@ -21,6 +21,7 @@ import pytest
 from pkinfra import dane, tsig
 from pkinfra.acme import DANE_PUBLISH
 from pkinfra.dnsupdate import RFC2136Client, TSIGKey
+from pkinfra.tlsa import canonical
 from tests.lab.dane_probe import MX1_SMTP, WEB1_HTTPS, DaneProbe, Target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,8 +82,7 @@ def dig_tlsa(owner: str) -> list[str]:
         fields = line.split()
         if line.startswith(";") or len(fields) < 8 or fields[3] != "TLSA":
             continue
-        usage, selector, mtype, *data = fields[4:]
-        rrdata.append(f"{usage} {selector} {mtype} {''.join(data).lower()}")
+        rrdata.append(canonical(" ".join(fields[4:])))
     assert rrdata, dig
     return rrdata
 
@@ -90,7 +90,7 @@ def dig_tlsa(owner: str) -> list[str]:
 def served_tlsa(owner: str) -> tuple[str, set[str]]:
     """(status, records) of ``owner`` as the lab resolver answers now (cache included)."""
     lookup = dane.lookup_tlsa(owner, RESOLVER)
-    return lookup.status, {r.text for r in lookup.records}
+    return lookup.status, {r.to_text() for r in lookup.records}
 
 
 def flush_resolver_until(owner: str, expected: set[str], within: float = 15.0) -> float:
@@ -246,11 +246,6 @@ class ShadowTlsa:
         for value in self.original - values:
             self.client.wait_visible(self.target, "TLSA", value, present=False, timeout=10)
         flush_resolver_until(MX1_OWNER, values)
-
-
-def canonical(value: str) -> str:
-    usage, selector, mtype, *data = value.split()
-    return f"{usage} {selector} {mtype} {''.join(data).lower()}"
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def sh(container: str, command: str, timeout: int = 300) -> subprocess.Completed
 
 def record_of(container: str, path: str) -> str:
     pem = sh(container, f"cat {path}").stdout.encode()
-    return tlsa.TLSARecord.from_pem(pem).to_text().lower()
+    return tlsa.TLSARecord.from_pem(pem).to_text()
 
 
 def authoritative(owner: str) -> list[set[str]]:
@@ -62,13 +62,7 @@ def authoritative(owner: str) -> list[set[str]]:
             text=True,
             timeout=10,
         ).stdout
-        sets.append(
-            {
-                " ".join(line.split()[:3]) + " " + "".join(line.split()[3:]).lower()
-                for line in out.splitlines()
-                if line.strip()
-            }
-        )
+        sets.append({tlsa.canonical(line) for line in out.splitlines() if line.strip()})
     return sets
 
 

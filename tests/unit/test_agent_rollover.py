@@ -63,7 +63,7 @@ def _new_key() -> bytes:
 
 
 def record(pem_file: Path) -> str:
-    return tlsa.TLSARecord.from_pem(pem_file.read_bytes()).to_text().lower()
+    return tlsa.TLSARecord.from_pem(pem_file.read_bytes()).to_text()
 
 
 class Certbot:

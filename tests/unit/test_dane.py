@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pkinfra import cli, dane, tlsa
 from pkinfra.ca import CAStore
-from pkinfra.dane import Lookup, TlsaRecord, Verdict
+from pkinfra.dane import Lookup, Verdict
+from pkinfra.tlsa import TLSARecord
 
 NAME = "svc.example.test"
 
@@ -81,9 +82,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(root, sub, leaf, [leaf, sub], tmp / "cert.pem", tmp / "chain.pem", tmp / "key.pem")
 
 
-def rec(text: str) -> TlsaRecord:
+def rec(text: str) -> TLSARecord:
     u, s, m, data = text.split()
-    return TlsaRecord(int(u), int(s), int(m), bytes.fromhex(data))
+    return TLSARecord(int(u), int(s), int(m), bytes.fromhex(data))
 
 
 def spki_hash(cert: x509.Certificate, algo: str = "sha256") -> str:

@@ -7,19 +7,24 @@ one secondary for the module and use distinct values, so they do not depend on e
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.flags
 import dns.message
 import dns.name
 import dns.query
+import dns.rdata
 import dns.rdatatype
 import dns.renderer
+import dns.rrset
 import pytest
 
 from pkinfra.dnsupdate import (
@@ -30,6 +35,8 @@ from pkinfra.dnsupdate import (
     Server,
     TSIGKey,
     default_resolvers,
+    served_by,
+    served_everywhere,
 )
 from tests.unit.named_fixture import (
     ADDRESS,
@@ -82,12 +89,11 @@ def test_key_file_as_tsig_keygen_writes_it(tmp_path: Path) -> None:
 def test_key_file_with_comments_and_several_keys(tmp_path: Path) -> None:
     path = write(
         tmp_path / "keys.conf",
-        "// two keys, three comment styles\n"
+        "// two keys, two comment styles\n"
         "# hash comment\n"
         f'key one {{ algorithm HMAC-SHA512; secret "{SECRET}"; }};\n'
-        "/* a block\n comment */\n"
-        f'key "two." {{ secret "{SECRET}"; algorithm hmac-sha1; }};\n'
-        'server 10.0.0.1 { keys { "two."; }; };\n',
+        "\n"
+        f'key "two." {{ secret "{SECRET}"; algorithm hmac-sha1; }};\n',
     )
     assert TSIGKey.from_file(path, "one").algorithm == "hmac-sha512"
     assert TSIGKey.from_file(path, "two").algorithm == "hmac-sha1"
@@ -109,6 +115,12 @@ def test_key_file_with_comments_and_several_keys(tmp_path: Path) -> None:
         (f'key "k" {{ algorithm hmac-sha256; secret {SECRET}; }}', "without ';'"),
         (f'key "k" {{ algorithm hmac-sha256; secret "{SECRET}"; extra 1; }};', "expected"),
         ("options { };", "no key statement"),
+        # A key file, not a named.conf: no other statement, no block comment.
+        ('server 10.0.0.1 { keys { "k"; }; };', "no key statement"),
+        (f'/* note */ key "k" {{ algorithm hmac-sha256; secret "{SECRET}"; }};', "no key"),
+        (f'key "k" {{ algorithm hmac-sha256; algorithm hmac-sha1; secret "{SECRET}"; }};', "once"),
+        (f'key "k" {{ algorithm hmac-sha256; secret "{SECRET}";', "missing '};'"),
+        ('key "k" { algorithm hmac-sha256; secret', "secret has no value"),
     ],
 )
 def test_key_file_errors_are_clear_and_secret_free(tmp_path: Path, text: str, message: str) -> None:
@@ -167,6 +179,17 @@ def test_default_resolvers(tmp_path: Path) -> None:
     assert default_resolvers(str(tmp_path / "absent")) == ["127.0.0.1"]
 
 
+def test_default_resolvers_read_a_whole_resolv_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# the lab's\ndomain example.test\noptions trust-ad edns0 timeout:2\n"
+        "nameserver 172.29.53.53\n"
+    )
+    assert default_resolvers(str(conf)) == ["172.29.53.53"]
+    conf.write_text("search example.test\n")
+    assert default_resolvers(str(conf)) == ["127.0.0.1"]
+
+
 def test_change_arguments_are_checked() -> None:
     with pytest.raises(DNSUpdateError, match=r"adding TLSA at x.test: invalid value"):
         Change.add("x.test", "TLSA", "3 1 1 zz", 60)
@@ -199,6 +222,96 @@ def test_error_text_leaves_out_unknown_parts() -> None:
         "adding TXT at x.shadow.example.test in zone shadow.example.test via 172.29.53.10: REFUSED"
     )
     assert str(DNSUpdateError("reading x", "gone")) == "reading x: gone"
+
+
+# --- authority: a small server that answers with or without AA ----------------------------
+
+FAKE_ZONE = "fake.test."
+FAKE_NAME = "_25._tcp.mx1.fake.test."
+
+
+@contextlib.contextmanager
+def answering(*, authoritative: bool) -> Iterator[Server]:
+    """A UDP server on 127.0.0.1 for FAKE_ZONE (SOA, NS ns1 = itself, TLSA_VALUE at FAKE_NAME)
+    that sets the AA flag on its answers only when told: a cache or a server that has not
+    loaded the zone answers the same data without it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.05)
+    soa = dns.rrset.from_text(
+        FAKE_ZONE, 60, "IN", "SOA", f"ns1.{FAKE_ZONE} admin.{FAKE_ZONE} 1 60 60 600 5"
+    )
+    data = {
+        (FAKE_ZONE, "SOA"): soa,
+        (FAKE_ZONE, "NS"): dns.rrset.from_text(FAKE_ZONE, 60, "IN", "NS", f"ns1.{FAKE_ZONE}"),
+        (FAKE_NAME, "TLSA"): dns.rrset.from_text(FAKE_NAME, 60, "IN", "TLSA", TLSA_VALUE),
+    }
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                wire, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            query = dns.message.from_wire(wire)
+            question = query.question[0]
+            response = dns.message.make_response(query)
+            found = data.get((question.name.to_text(), dns.rdatatype.to_text(question.rdtype)))
+            if found is not None:
+                response.answer.append(found)
+            else:
+                response.authority.append(soa)  # no data
+            if authoritative:
+                response.flags |= dns.flags.AA
+            sock.sendto(response.to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield Server("127.0.0.1", sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        sock.close()
+
+
+def test_a_non_authoritative_answer_is_not_served() -> None:
+    name = dns.name.from_text(FAKE_NAME)
+    rdata = dns.rdata.from_text("IN", "TLSA", TLSA_VALUE)
+    with answering(authoritative=False) as server:
+        assert served_by(server, name, dns.rdatatype.TLSA, rdata, 1.0) == (
+            False,
+            "not authoritative (NOERROR)",
+        )
+        assert served_everywhere(FAKE_NAME, "TLSA", TLSA_VALUE, [str(server)], timeout=1.0) == (
+            f"{server} does not serve 3 1 1 ababababababab... at _25._tcp.mx1.fake.test yet"
+            " (not authoritative (NOERROR))"
+        )
+    with answering(authoritative=True) as server:
+        assert served_by(server, name, dns.rdatatype.TLSA, rdata, 1.0) == (True, "serves it")
+        assert served_everywhere(FAKE_NAME, "TLSA", TLSA_VALUE, [str(server)], timeout=1.0) == ""
+        other = "3 1 1 " + "cd" * 32
+        assert "(1 other value(s))" in served_everywhere(FAKE_NAME, "TLSA", other, [str(server)])
+
+
+def test_wait_visible_takes_only_authoritative_answers() -> None:
+    def client(server: Server) -> RFC2136Client:
+        return RFC2136Client(
+            resolvers=[str(server)],
+            server_addresses={f"ns1.{FAKE_ZONE}": str(server)},
+            timeout=0.5,
+        )
+
+    with answering(authoritative=False) as server:
+        with pytest.raises(DNSUpdateError) as caught:
+            client(server).wait_visible(FAKE_NAME, "TLSA", TLSA_VALUE, timeout=0.3)
+        assert str(caught.value).endswith(
+            f"after 0.3 s still not on {server} (not authoritative (NOERROR))"
+        )
+    with answering(authoritative=True) as server:
+        timings = client(server).wait_visible(FAKE_NAME, "TLSA", TLSA_VALUE, timeout=2)
+        assert set(timings) == {str(server)}
 
 
 # --- against BIND ----------------------------------------------------------------------------

@@ -10,7 +10,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pkinfra.tlsa import TLSAError, TLSARecord, owner_name, selected_data, tlsa_text
+from pkinfra.tlsa import (
+    TLSAError,
+    TLSARecord,
+    canonical,
+    owner_name,
+    selected_data,
+    tlsa_text,
+)
 
 
 def openssl(*args: str, data: bytes | None = None) -> bytes:
@@ -175,3 +182,31 @@ def test_owner_name() -> None:
         owner_name(25, "TCP", "x.test")
     with pytest.raises(TLSAError, match="needs a host name"):
         owner_name(25, "tcp", ".")
+
+
+def test_canonical_text_is_the_one_form_records_are_compared_in() -> None:
+    text = "3 1 1 " + "0f" * 32
+    assert canonical("3  1 1 " + "0F" * 16 + " " + "0f" * 16) == text
+    assert canonical(text) == text
+    # What a server serves is compared as it is, unknown parameters and odd lengths included.
+    assert canonical("255 7 9 AB CD") == "255 7 9 abcd"
+    with pytest.raises(TLSAError, match="not hex"):
+        canonical("3 1 1 zz")
+
+
+def test_records_from_dns_may_be_unusable() -> None:
+    @dataclass
+    class Rdata:  # the attributes of dnspython's TLSA rdata
+        usage: int
+        selector: int
+        mtype: int
+        cert: bytes
+
+    usable = TLSARecord.from_rdata(Rdata(3, 1, 1, b"\x00" * 32))
+    assert usable == TLSARecord.from_text("3 1 1 " + "00" * 32) and usable.usable
+    for rdata in (Rdata(4, 1, 1, b"\x00"), Rdata(3, 2, 1, b"\x00"), Rdata(3, 1, 3, b"\x00")):
+        record = TLSARecord.from_rdata(rdata)
+        assert not record.usable
+        assert not record.matches(b"anything: an unusable record is never compared")
+    with pytest.raises(TLSAError, match="usage 256 is not an octet"):
+        TLSARecord(256, 1, 1, b"\x00")
