@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from pkinfra import tlsa
 from pkinfra.ca import CAStore
 from tests.helpers import lab_inventory_copy
 from tests.lab.dane_probe import DB1_POSTGRES, DaneProbe
 from tests.lab.test_dane import LINEAGES, lineage_serial, renew, wait_served
+from tests.lab.tlsd_host import DB1, in_place, inventory_with
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
@@ -221,8 +223,10 @@ def test_ca_issued_key_rollover_never_breaks_dane(site_deployed: str, tmp_path: 
     has been served for the TTL, then the old key retired and its record gone; the probe checks
     db1:5432 (STARTTLS postgres) all along."""
     label = f"ca{int(time.time())}"
-    lab_inventory_copy(tmp_path)
-    inventory = tmp_path / "inventory.py"
+    # A service reading the certificate in place (lab/tlsd.py, reloads on SIGUSR2) is told of
+    # the switch once, and only after the DANE gate let it through.
+    DB1.start()
+    inventory = inventory_with(tmp_path, {"db": [in_place(DB1, "postgres")]})
     original = '{"name": "postgres", "names": ["db1.example.test"], "issuer": "duckcorp"}'
     text = inventory.read_text()
     assert original in text
@@ -240,12 +244,17 @@ def test_ca_issued_key_rollover_never_breaks_dane(site_deployed: str, tmp_path: 
         assert "step 1: next key and certificate" in out
         assert state(container, "postgres")["step"] == "issued"
         assert record_of(container, served) == before
+        assert tlsa.TLSARecord.from_pem(DB1.served().public_bytes(Encoding.PEM)).to_text() == before
+        told = DB1.reloads()
         with probe.phase("run 2: published, TTL, switch"):
             out = site_run(inventory)
         assert "then step 2 after the TTL" in out
         after = record_of(container, served)
         assert after != before, "PostgreSQL serves the next key"
         assert record_of(container, "/etc/pkinfra/certs/postgres/key.pem") == after
+        DB1.wait_serving(DB1.file_serial())
+        assert tlsa.TLSARecord.from_pem(DB1.served().public_bytes(Encoding.PEM)).to_text() == after
+        assert DB1.reloads() == told + 1, DB1.lines()
         # The old record stays until the old key is retired.
         assert authoritative(owner) == [{before, after}] * 2
         with probe.phase("run 3: retire"):
@@ -280,3 +289,5 @@ def test_ca_issued_key_rollover_never_breaks_dane(site_deployed: str, tmp_path: 
     again = site_run(inventory, "-v")
     assert "Key rollover" not in again and "Next certificate" not in again, again[-3000:]
     assert "certificate postgres is current" in again
+    assert DB1.reloads() == told + 1 and all("SIGUSR2" in line for line in DB1.lines())
+    DB1.stop(forget=True)

@@ -11,9 +11,12 @@ from pathlib import Path
 
 from cryptography import x509
 
+from tests.helpers import lab_inventory_copy
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "/usr/local/lib/lab-tlsd.py"
 PROCESS = "lab-tlsd"
+STATE = "/var/lib/pkinfra"
 
 
 def sh(
@@ -73,12 +76,15 @@ class Tlsd:
         )
         assert started.returncode == 0, started.stdout + started.stderr
 
-    def stop(self) -> None:
+    def stop(self, forget: bool = False) -> None:
+        """Stop the unit; with ``forget``, also what the host's delivery agent recorded of it."""
         sh(
             self.container,
             f"systemctl stop {self.unit} 2>/dev/null; systemctl reset-failed {self.unit}"
             " 2>/dev/null; true",
         )
+        if forget:
+            sh(self.container, f"rm -f {STATE}/served/{PROCESS}.json {STATE}/pending/{PROCESS}")
 
     def lines(self) -> list[str]:
         """The daemon's log: what it got, and whether it reloaded."""
@@ -106,3 +112,43 @@ class Tlsd:
             time.sleep(0.2)
             served = self.served().serial_number
         assert served == serial, f"{self.unit} serves {served:x}, not {serial:x}: {self.lines()}"
+
+
+WEB1 = Tlsd(
+    "pkinfra-web1",
+    "172.29.53.20",
+    8443,
+    "/etc/letsencrypt/live/web/fullchain.pem",
+    "/etc/letsencrypt/live/web/privkey.pem",
+    "USR1",
+)
+DB1 = Tlsd(
+    "pkinfra-db1",
+    "172.29.53.30",
+    8443,
+    "/etc/pkinfra/certs/postgres/fullchain.pem",
+    "/etc/pkinfra/certs/postgres/key.pem",
+    "USR2",
+)
+
+
+def in_place(tlsd: Tlsd, certificate: str) -> dict[str, object]:
+    """The inventory entry of a service that reads ``certificate`` in place."""
+    return {
+        "name": PROCESS,
+        "certificate": certificate,
+        "notify": {"signal": tlsd.signal, "pidfile": tlsd.pidfile, "process": PROCESS},
+    }
+
+
+def inventory_with(directory: Path, extra: dict[str, list[dict[str, object]]]) -> Path:
+    """A copy of the lab inventory whose groups' first hosts get ``extra`` services."""
+    inventory = lab_inventory_copy(directory)
+    text = inventory.read_text()
+    anchor = "_inventory = load_or_exit("
+    assert text.count(anchor) == 1
+    lines = [
+        f"{group}[0][1]['services'].extend({services!r})\n" for group, services in extra.items()
+    ]
+    inventory.write_text(text.replace(anchor, "".join(lines) + anchor))
+    return inventory
