@@ -86,3 +86,36 @@ def test_rotation_keeps_the_host_able_to_update(site_deployed: str) -> None:
     assert can_update(old_key) in ("BADKEY", "REFUSED", "NOTAUTH")
     on_primary = docker("pkinfra-ns1", "ls /etc/bind/pkinfra/keys").split()
     assert f"{nxt.name}.key" in on_primary and f"{before.current.name}.key" not in on_primary
+
+
+def digest(container: str, path: str) -> str:
+    # The secret stays where it is: only its file's SHA-256 comes back.
+    return docker(container, f"sha256sum {path}").split()[0]
+
+
+def test_two_runs_making_a_new_key_at_once_agree_on_it(site_deployed: str) -> None:
+    """web1's key is gone from the controller (a lost secrets directory, a new host) and two
+    runs start at once: each makes a key, the first writer wins, and the primary, the host and
+    the controller end with the same one, which the primary accepts."""
+    deploy()
+    keys = tsig.host_keys(SECRETS, HOST)
+    assert keys.next is None, "no rotation in progress"
+    keys.current.path.unlink()
+    pyinfra_bin = str(Path(sys.executable).parent / "pyinfra")
+    commands = [[pyinfra_bin, "-y", "inventory.py", "deploys/dns.py", *LIMIT] for _ in range(2)]
+    runs = [
+        subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in commands
+    ]
+    outs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    made = tsig.host_keys(SECRETS, HOST).current
+    assert made.name == HOST, "a key made anew is named after the host"
+    assert not list(SECRETS.glob(f".{HOST}.key.tmp-*")), "the loser's file is cleaned away"
+    controller = tsig.sha256_file(made.path)
+    assert digest("pkinfra-web1", "/etc/pkinfra/tsig.key") == controller
+    assert digest("pkinfra-ns1", f"/etc/bind/pkinfra/keys/{made.name}.key") == controller
+    assert can_update(TSIGKey.from_file(made.path)) == "OK"
+    # The old key (rotated to another name) is gone from the primary with its file.
+    on_primary = docker("pkinfra-ns1", "ls /etc/bind/pkinfra/keys").split()
+    assert [k for k in on_primary if HOST in k] == [f"{HOST}.key"], on_primary
