@@ -32,7 +32,7 @@ from operations.facts import (
     ProcessId,
     ZoneHeader,
 )
-from operations.util import ownership_fixes, q
+from operations.util import ownership_fixes, q, run_staged, stage_secret
 from pkinfra import tsig
 from pkinfra.dnsupdate import served_everywhere
 from pkinfra.zones import (
@@ -134,9 +134,9 @@ def secret_file(
         assert make_key is not None
         logger.info(f"{host.print_prefix}TSIG key {make_key}: made on the controller by this run")
         yield FunctionCommand(_make_key, (src, make_key), {})
-    staged = path + STAGED
+    staged = run_staged(path)
     # The empty 0600 file first: uploads that keep an existing file's mode never widen it.
-    yield f"(umask 077 && rm -f {q(staged)} && : > {q(staged)})"
+    yield stage_secret(path)
     # Not FileUploadCommand: with sudo, pyinfra's upload would stage the secret in /tmp with
     # the SFTP server's default mode, where other users of the host could read it.
     yield FunctionCommand(_upload_secret, (src, staged), {})

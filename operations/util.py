@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shlex
 
 # openssl genpkey arguments for each key type of the model (pkinfra.model.KEY_TYPES).
@@ -63,6 +64,29 @@ def key_type_from_text_pub(text: str) -> str | None:
 
 #: Shell: hex SHA-256 of the DER SubjectPublicKeyInfo of the PEM public key on stdin.
 SPKI_HASH = "openssl pkey -pubin -outform DER | sha256sum | cut -c1-64"
+
+
+#: This run's mark on the secrets it stages on a host: two runs at once (two operators, a timer
+#: and a person) never write, chown or rename each other's staged file.
+RUN_ID = secrets.token_hex(6)
+#: A staged secret older than this is a killed run's leftover; the next run removes it.
+STALE_STAGED_MINUTES = 60
+
+
+def run_staged(path: str) -> str:
+    """Where this run stages a secret before renaming it over ``path`` (unique per run)."""
+    return f"{path}.pkinfra-new-{RUN_ID}"
+
+
+def stage_secret(path: str) -> str:
+    """Make this run's empty 0600 staged file for ``path``, after removing killed runs'
+    leftovers (other runs' staged files of ``path`` older than ``STALE_STAGED_MINUTES``)."""
+    head, _, tail = path.rpartition("/")
+    staged = run_staged(path)
+    return (
+        f"(umask 077 && find {q(head or '/')} -maxdepth 1 -name {q(tail + '.pkinfra-new-*')}"
+        f" -mmin +{STALE_STAGED_MINUTES} -delete && : > {q(staged)})"
+    )
 
 
 def new_name(path: str) -> str:

@@ -8,6 +8,7 @@ notes one) or ``exception`` (class name and message) for an operation that must 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -82,12 +83,24 @@ def command_text(command: Any) -> str | dict[str, Any]:
     return {type(command).__name__: repr(command)}
 
 
+@contextlib.contextmanager
+def _pinned_run_id(value: str) -> Iterator[None]:
+    from operations import util
+
+    saved, util.RUN_ID = util.RUN_ID, value
+    try:
+        yield
+    finally:
+        util.RUN_ID = saved
+
+
 def run_operation(module: str, op_name: str, case: dict[str, Any]) -> tuple[list[Any], FakeHost]:
     # ``lab.<op>`` fixtures are the lab's own operations (lab/operations.py).
     path = "lab.operations" if module == "lab" else f"operations.{module}"
     op = getattr(importlib.import_module(path), op_name)
     host = FakeHost(case.get("facts", {}), case.get("data", {}))
-    with ctx_state.use(FakeState()), ctx_host.use(host):
+    # A run's id is random; fixtures name it RUN.
+    with ctx_state.use(FakeState()), ctx_host.use(host), _pinned_run_id("RUN"):
         commands = [
             command_text(c) for c in op._inner(*case.get("args", []), **case.get("kwargs", {}))
         ]
