@@ -12,11 +12,12 @@ from typing import Any
 
 from pyinfra.operations import files
 
-from operations import dane
+from operations import dane, system
 from operations.context import certificate_changed, inventory, this_host
 from pkinfra import acme
+from pkinfra.install import DELIVERY_AGENT, entry_point
 from pkinfra.model import NEXT_SUFFIX, tlsa_owner
-from pkinfra.services import DELIVERY_AGENT, MAPPING_FILE, certificate_files
+from pkinfra.services import MAPPING_FILE, certificate_files
 
 inv = inventory()
 spec = this_host()
@@ -40,6 +41,8 @@ for pub in spec.tlsa:
     )
 published = {p["lineage"] for p in publications}
 acme_certs = [c for c in spec.certificates if c.is_acme]
+if acme_certs:
+    system.agent_once()  # the publisher and the rollover agent
 
 if publications:
     config = files.put(
@@ -66,7 +69,7 @@ if publications:
     )
     files.put(
         name="TLSA publisher",
-        src=StringIO(acme.agent_wrapper("dane_publish", "TLSA publisher (deploys/dane.py)")),
+        src=StringIO(entry_point("dane_publish", "TLSA publisher (deploys/dane.py)")),
         dest=acme.DANE_PUBLISH,
         mode="0755",
     )
@@ -128,7 +131,7 @@ if acme_certs and inv.settings.acme is not None:
     )
     files.put(
         name="Key rollover agent",
-        src=StringIO(acme.agent_wrapper("rollover", "key rollover (deploys/dane.py)")),
+        src=StringIO(entry_point("rollover", "key rollover (deploys/dane.py)")),
         dest=acme.ROLLOVER,
         mode="0755",
     )

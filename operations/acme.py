@@ -11,13 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
-from io import BytesIO
 from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.api.command import FileUploadCommand
-from typing_extensions import override
 
 from operations.facts import (
     CertbotAccounts,
@@ -26,18 +24,10 @@ from operations.facts import (
     NginxServers,
     ProcessId,
 )
-from operations.util import q
+from operations.util import Upload, q, upload_atomic
 from pkinfra import acme
 from pkinfra import nginx as nginx_core
 from pkinfra.nginx import SITE, SNIPPET
-
-
-class _Bytes(BytesIO):
-    """Bytes to upload; its repr names their hash, not an object address (stable fixtures)."""
-
-    @override
-    def __repr__(self) -> str:
-        return f"<bytes sha256:{_sha256(self.getvalue())[:16]}>"
 
 
 def _announce(message: str) -> None:
@@ -80,10 +70,7 @@ def server_trust(pem: str, source: str, current: Any = None):
     if isinstance(have, dict) and have["sha256"] == _sha256(data):
         host.noop(f"ACME server CA from {source} is trusted ({path})")
         return
-    staged = f"{path}.pkinfra-new"
-    yield f"mkdir -p {q(path.rpartition('/')[0])}"
-    yield FileUploadCommand(_Bytes(data), staged)
-    yield f"chmod 0644 {q(staged)} && mv -f {q(staged)} {q(path)}"
+    yield from upload_atomic(path, data, "0644")
     yield "update-ca-certificates >/dev/null"
 
 
@@ -334,7 +321,7 @@ def nginx_challenge(webroots: Sequence[str], names: Sequence[str], current: Any 
         for path, data in changes:
             if data is not None:
                 staged = f"{NGINX_STAGE}/{path.rsplit('/', 1)[1]}"
-                yield FileUploadCommand(_Bytes(data), staged)
+                yield FileUploadCommand(Upload(data), staged)
         yield _swap_script(changes)
     if plan.problems:
         for problem in plan.problems:

@@ -287,6 +287,27 @@ class FileDigest(FactBase[FileDigestInfo | bool | None]):
         }
 
 
+class AgentFiles(FactBase[dict[str, str]]):
+    """The SHA-256 of every ``*.py`` file under the agents' directory, by path below it
+    (``pkinfra/agent/delivery.py``); empty when the directory is absent."""
+
+    @override
+    def command(self, directory: str) -> str:
+        return (
+            f"if [ -d {q(directory)} ]; then cd {q(directory)} &&"
+            " find . -type f -name '*.py' -exec sha256sum {} +; fi"
+        )
+
+    @override
+    def process(self, output: list[str]) -> dict[str, str]:
+        found = {}
+        for line in output:
+            digest, _, path = line.partition("  ")
+            if path.startswith("./"):
+                found[path[2:]] = digest
+        return found
+
+
 class ZoneHeaderInfo(TypedDict):
     serial: int | None
     content: str | None

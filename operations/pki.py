@@ -28,9 +28,11 @@ from operations.util import (
     csr_command,
     genpkey,
     install_command,
+    install_staged,
     new_name,
     ownership_fixes,
     q,
+    upload_atomic,
 )
 from pkinfra import issue, publication
 from pkinfra.ca import CAError, CAStore, PassphraseSource
@@ -119,10 +121,7 @@ def _sha256(data: bytes) -> str:
 
 def _upload(path: str, content: bytes, mode: str = "0644") -> Iterator[Any]:
     """Commands that write ``content`` beside ``path`` and rename it into place (never diffed)."""
-    directory = path.rpartition("/")[0]
-    yield f"mkdir -p {q(directory)}"
-    yield FileUploadCommand(BytesIO(content), new_name(path))
-    yield f"chmod {mode} {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
+    yield from upload_atomic(path, content, mode)
 
 
 def _publish(state: Any, host: Any, path: str, read: Callable[[], bytes | None], what: str) -> bool:
@@ -137,9 +136,7 @@ def _publish(state: Any, host: Any, path: str, read: Callable[[], bytes | None],
     ok, _ = run_on_host(state, host, StringCommand("mkdir", "-p", directory))
     if not ok or not upload_to_host(state, host, BytesIO(content), new_name(path)):
         return _fail(state, host, f"{what}: cannot write {path}")
-    ok, _ = run_on_host(
-        state, host, f"chmod 0644 {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
-    )
+    ok, _ = run_on_host(state, host, install_staged(new_name(path), path, "0644"))
     return bool(ok) or _fail(state, host, f"{what}: cannot rename into {path}")
 
 

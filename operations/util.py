@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import shlex
+from io import BytesIO
+
+from pyinfra.api import FileUploadCommand
+from typing_extensions import override
 
 # openssl genpkey arguments for each key type of the model (pkinfra.model.KEY_TYPES).
 GENPKEY_ARGS: dict[str, tuple[str, ...]] = {
@@ -100,3 +105,33 @@ def install_command(directory: str, files: list[str], *, check_cert: bool) -> st
         )
     steps += [f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files]
     return " && ".join(steps)
+
+
+class Upload(BytesIO):
+    """Bytes to upload; its repr names their hash, not an object address (stable fixtures)."""
+
+    @override
+    def __repr__(self) -> str:
+        return f"<bytes sha256:{hashlib.sha256(self.getvalue()).hexdigest()[:16]}>"
+
+
+def install_staged(
+    staged: str, path: str, mode: str, owner: str | None = None, group: str | None = None
+) -> str:
+    """Give a file written beside ``path`` its owner and mode, then rename it over ``path``."""
+    own = f"chown {q(owner or 'root')}:{q(group or 'root')} {q(staged)} && " if owner else ""
+    return f"{own}chmod {mode} {q(staged)} && mv -f {q(staged)} {q(path)}"
+
+
+def upload_atomic(
+    path: str, data: bytes, mode: str, owner: str | None = None, group: str | None = None
+) -> list[str | FileUploadCommand]:
+    """Commands that upload a non-secret file beside ``path`` (``new_name``) and rename it into
+    place: the file never exists half-written or with another mode under its name. Never
+    diffed; a secret goes through ``context.upload_private_to_host`` instead."""
+    staged = new_name(path)
+    return [
+        f"mkdir -p {q(path.rpartition('/')[0] or '/')}",
+        FileUploadCommand(Upload(data), staged),
+        install_staged(staged, path, mode, owner, group),
+    ]

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pkinfra import delivery
-from tests.helpers import self_signed
+from pkinfra.agent import delivery
+from tests.helpers import installed_agents, self_signed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes file owners: needs root")
 
@@ -303,13 +303,15 @@ def run_agent(
     env: dict[str, str] | None = None,
     timeout: float = 20,
 ) -> subprocess.CompletedProcess[str]:
-    """The agent as the host runs it: the one file, standalone, in its own process."""
+    """The agent as the host runs it: its entry point, with the installed files only, in its
+    own process."""
     path = state.parent / "services.json"
     path.write_text(json.dumps(mapping))
     return subprocess.run(
         [
             sys.executable,
-            delivery.__file__,
+            "-I",
+            str(installed_agents(state.parent / "lib")),
             "--mapping",
             str(path),
             "--state-dir",

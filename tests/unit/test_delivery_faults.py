@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from pkinfra import delivery
+from pkinfra.agent import delivery
 from tests.helpers import self_signed
 from tests.unit.test_delivery import run_agent
 from tests.unit.test_delivery_inplace import Lineage, sha256_of

@@ -815,14 +815,14 @@ def test_open_controller_secrets_are_warned_about(
 def test_every_host_path_of_pkinfra_is_in_a_reserved_place() -> None:
     # The reserved places are a list of their own (the model may not import the modules that
     # import it): every host path constant of the code base must fall in one of them.
-    from pkinfra import acme, delivery, issue, services, zones
-    from pkinfra.agent import certbot_hook, dane_publish, rollover
+    from pkinfra import acme, install, issue, services, zones
+    from pkinfra.agent import certbot_hook, dane_publish, delivery, rollover
 
     layout = zones.Layout()
     paths = [
         acme.HOOK,
         acme.HOOK_CONFIG,
-        acme.LIB_DIR,
+        install.LIB_DIR,
         acme.TRUST_PATH,
         acme.DANE_PUBLISH,
         acme.DANE_CONFIG,
@@ -831,7 +831,7 @@ def test_every_host_path_of_pkinfra_is_in_a_reserved_place() -> None:
         acme.ROLLOVER,
         acme.ROLLOVER_CONFIG,
         acme.ROLLOVER_DIR,
-        services.AGENT_DIR,
+        install.DELIVERY_AGENT,
         services.MAPPING_FILE,
         services.DEPLOY_HOOK,
         issue.CA_DIR,
