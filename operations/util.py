@@ -9,15 +9,10 @@ from io import BytesIO
 from pyinfra.api import FileUploadCommand
 from typing_extensions import override
 
-# openssl genpkey arguments for each key type of the model (pkinfra.model.KEY_TYPES).
-GENPKEY_ARGS: dict[str, tuple[str, ...]] = {
-    "ec-p256": ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"),
-    "ec-p384": ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"),
-    "rsa-2048": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"),
-    "rsa-3072": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"),
-    "rsa-4096": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"),
-    "ed25519": ("-algorithm", "ED25519"),
-}
+from pkinfra.keys import KEY_TYPES, genpkey_args
+
+#: openssl genpkey arguments for each key type (pkinfra.keys says which and how).
+GENPKEY_ARGS: dict[str, tuple[str, ...]] = {k: tuple(genpkey_args(k)) for k in KEY_TYPES}
 
 
 def q(value: str) -> str:

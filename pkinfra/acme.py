@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Controller only: no agent file imports this module (pkinfra.install says which do).
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.ca import DNSConstraints, build_ca_certificate
 from pkinfra.install import entry_point
 from pkinfra.keys import generate_private_key
@@ -41,7 +42,7 @@ TRUST_PATH = "/usr/local/share/ca-certificates/pkinfra-acme-server.crt"
 _CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
 
 
-class AcmeError(Exception):
+class AcmeError(PkinfraError):
     """A controller-side ACME problem; the text names the file or certificate."""
 
 

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pkinfra import names as dns_names
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.keys import (
     KeyType,
     KeyTypeError,
@@ -71,7 +72,7 @@ _BACKDATE: Final = dt.timedelta(minutes=5)
 _CA_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # always fullmatch
 
 
-class CAError(Exception):
+class CAError(PkinfraError):
     """Any failure of the CA store, with what was being done, on which CA and which file.
 
     The message never contains key material or a passphrase.
@@ -85,7 +86,7 @@ class CAError(Exception):
         path: Path | str | None = None,
         action: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, ca=ca, path=path, action=action)
         self.message = message
         self.ca = ca
         self.path = None if path is None else Path(path)
@@ -255,7 +256,7 @@ def _name_constraints_extension(constraints: DNSConstraints) -> x509.NameConstra
 
 
 @dataclass(frozen=True)
-class Record:
+class IssuedRecord:
     """One certificate a CA issued, as its record says (no certificate parsing needed)."""
 
     ca: str
@@ -294,7 +295,7 @@ class Record:
         return self.status_at(_now())
 
 
-def _record_line(record: Record) -> dict[str, Any]:
+def _record_line(record: IssuedRecord) -> dict[str, Any]:
     return {
         "event": "issued",
         "serial": record.serial_hex,
@@ -313,8 +314,8 @@ def _record_line(record: Record) -> dict[str, Any]:
     }
 
 
-def _record_from_line(ca: str, line: dict[str, Any]) -> Record:
-    return Record(
+def _record_from_line(ca: str, line: dict[str, Any]) -> IssuedRecord:
+    return IssuedRecord(
         ca=ca,
         serial=int(line["serial"], 16),
         kind=line["kind"],
@@ -338,7 +339,7 @@ class _Index:
 
     inode: int = -1
     offset: int = 0
-    records: dict[int, Record] = field(default_factory=dict)
+    records: dict[int, IssuedRecord] = field(default_factory=dict)
 
     def refresh(self, ca: str, path: Path) -> None:
         try:
@@ -415,7 +416,7 @@ class Issued:
     cert_pem: bytes
     chain_pem: bytes  # intermediates, issuing CA first; the root left out
     bundle_pem: bytes  # the intermediates and the root
-    record: Record
+    record: IssuedRecord
 
     @property
     def fullchain_pem(self) -> bytes:
@@ -1173,7 +1174,7 @@ class CAStore:
         cert_name: str,
         kind: str,
         action: str,
-    ) -> tuple[x509.Certificate, Record]:
+    ) -> tuple[x509.Certificate, IssuedRecord]:
         """Allocate a serial unique in the CA's record, build the certificate with it, write it
         and its record line durably: all under the CA's lock, nothing that yields inside."""
         path = self._ca_dir(issuer.name)
@@ -1191,7 +1192,9 @@ class CAStore:
             self._refreshed(issuer.name)
         return cert, record
 
-    def adopt_issued(self, ca_name: str, entries: Iterable[tuple[bytes, str, str]]) -> list[Record]:
+    def adopt_issued(
+        self, ca_name: str, entries: Iterable[tuple[bytes, str, str]]
+    ) -> list[IssuedRecord]:
         """Record certificates the CA issued outside the store, as (PEM, host, cert name).
 
         For a CA imported with certificates already out there (so they can be listed and
@@ -1214,7 +1217,7 @@ class CAStore:
             parsed.append((cert, host, cert_name))
         with _locked(path / LOCK_FILE):
             index = self._refreshed(ca_name)
-            records: list[Record] = []
+            records: list[IssuedRecord] = []
             for cert, host, cert_name in parsed:
                 if cert.serial_number in index.records:
                     raise CAError(
@@ -1241,15 +1244,15 @@ class CAStore:
             index.refresh(name, path / RECORD_FILE)
             return index
 
-    def list_issued(self, ca_name: str | None = None) -> list[Record]:
+    def list_issued(self, ca_name: str | None = None) -> list[IssuedRecord]:
         """Every recorded certificate (of one CA or all), in issuance order per CA."""
         names = [ca_name] if ca_name is not None else self.names()
-        out: list[Record] = []
+        out: list[IssuedRecord] = []
         for name in names:
             out.extend(self._refreshed(name).records.values())
         return out
 
-    def get_record(self, ca_name: str, serial: int | str) -> Record:
+    def get_record(self, ca_name: str, serial: int | str) -> IssuedRecord:
         number = parse_serial(serial)
         record = self._refreshed(ca_name).records.get(number)
         if record is None:
@@ -1267,7 +1270,7 @@ class CAStore:
 
     def find_current(
         self, host: str, cert_name: str, *, ca_name: str | None = None
-    ) -> Record | None:
+    ) -> IssuedRecord | None:
         """The newest valid (not revoked, not expired) certificate recorded for a host's
         certificate `cert_name`, or None."""
         now = _now()
@@ -1284,7 +1287,7 @@ class CAStore:
 
     def revoke(
         self, ca_name: str, serial: int | str, reason: str | x509.ReasonFlags = "unspecified"
-    ) -> Record:
+    ) -> IssuedRecord:
         """Mark a certificate revoked in the record (durably). Revoking twice changes nothing.
         The CRL carries it once `crl()` is next called."""
         action = "revoking"
@@ -1551,10 +1554,12 @@ def _check_ca_current(issuer: _LoadedCA, now: dt.datetime, action: str) -> None:
             )
 
 
-def _record_of(ca: str, cert: x509.Certificate, *, host: str, cert_name: str, kind: str) -> Record:
+def _record_of(
+    ca: str, cert: x509.Certificate, *, host: str, cert_name: str, kind: str
+) -> IssuedRecord:
     public_key = _public_key(cert)
     serial = cert.serial_number
-    return Record(
+    return IssuedRecord(
         ca=ca,
         serial=serial,
         kind=kind,
@@ -1573,7 +1578,7 @@ def _record_of(ca: str, cert: x509.Certificate, *, host: str, cert_name: str, ki
     )
 
 
-def _revoked_entry(record: Record) -> x509.RevokedCertificate:
+def _revoked_entry(record: IssuedRecord) -> x509.RevokedCertificate:
     assert record.revoked_at is not None
     builder = (
         x509.RevokedCertificateBuilder()

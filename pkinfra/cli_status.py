@@ -35,6 +35,7 @@ import dns.rdatatype
 
 from pkinfra import dane, issue, status
 from pkinfra.agent import status_probe
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.model import HostSpec, Inventory, read_group_data, tlsa_owner
 
 #: Host data keys that say how pyinfra reaches a host.
@@ -50,7 +51,7 @@ CONNECTION_KEYS = (
 )
 
 
-class StatusError(Exception):
+class StatusError(PkinfraError):
     """A host could not be read; the text says which and why (never a secret)."""
 
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 
 from pkinfra import tlsa
+from pkinfra.agent.errors import PkinfraError
 
 STARTTLS = ("smtp", "imap", "pop3", "postgres")
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -50,7 +51,7 @@ class Verdict(enum.IntEnum):
     FAILURE = 3
 
 
-class DaneError(Exception):
+class DaneError(PkinfraError):
     """The check could not be carried out (connection, DNS failure): verdict FAILURE."""
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pkinfra.ca import CAInfo, CAStore, Record
+from pkinfra.ca import CAInfo, CAStore, IssuedRecord
 from pkinfra.model import NEXT_SUFFIX, Inventory
 from pkinfra.model import Certificate as CertSpec
 
@@ -132,7 +132,7 @@ def holders(inventory: Inventory) -> dict[str, list[str]]:
     }
 
 
-def retire_key(store: CAStore, host: str, cert_name: str, spki_sha256: str) -> list[Record]:
+def retire_key(store: CAStore, host: str, cert_name: str, spki_sha256: str) -> list[IssuedRecord]:
     """The end of a key rollover: revoke (superseded) every valid certificate of ``host``'s
     ``cert_name`` that certifies the old key ``spki_sha256``, and the rollover's next
     certificates (``<cert_name>-next``: the switch signed the next key under ``cert_name``)."""
@@ -152,7 +152,7 @@ def retire_key(store: CAStore, host: str, cert_name: str, spki_sha256: str) -> l
 
 def removed_certificates(
     store: CAStore, inventory: Inventory | Mapping[str, Sequence[str]]
-) -> list[Record]:
+) -> list[IssuedRecord]:
     """Valid leaf certificates recorded for hosts and certificates the inventory no longer has.
 
     Only hosts of the inventory are considered: another inventory may share the store.
@@ -163,7 +163,7 @@ def removed_certificates(
     now = dt.datetime.now(dt.UTC)
     found = []
     for ca in store.names():
-        latest: dict[tuple[str, str], Record] = {}
+        latest: dict[tuple[str, str], IssuedRecord] = {}
         for record in store.list_issued(ca):
             if record.kind != "leaf" or record.status_at(now) != "valid":
                 continue

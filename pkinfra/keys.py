@@ -13,6 +13,7 @@ from typing import Final, Literal, TypeAlias, get_args
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.tlsa import spki_der
 
 KeyType: TypeAlias = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
@@ -29,14 +30,14 @@ _CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
 _RSA_BITS: Final[dict[str, int]] = {"rsa-2048": 2048, "rsa-3072": 3072, "rsa-4096": 4096}
 
 
-class KeyTypeError(ValueError):
+class KeyTypeError(PkinfraError, ValueError):
     """A key type name that is not one of KEY_TYPES, or a key that is of none of them."""
 
 
 def check_key_type(value: str) -> KeyType:
     """Return `value` as a KeyType, or raise KeyTypeError listing the accepted names."""
     if value not in KEY_TYPES:
-        raise KeyTypeError(f"unknown key type {value!r}: expected one of {', '.join(KEY_TYPES)}")
+        raise KeyTypeError(f"unknown key type '{value}' (known: {', '.join(KEY_TYPES)})")
     return value
 
 

@@ -31,6 +31,7 @@ import dns.rdatatype
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -40,8 +41,9 @@ from pydantic import (
 )
 
 from pkinfra import names, tlsa, tsig
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.keys import KeyType, check_key_type
 
-KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
 ACME = "acme"
 FILE_CONTENTS = ("cert", "chain", "fullchain", "key", "combined", "ca_bundle", "crl")
 SECRET_CONTENTS = frozenset({"key", "combined"})
@@ -76,12 +78,6 @@ def _dns_name_wild(value: str) -> str:
 
 def _record_name(value: str) -> str:
     return names.normalize(value, wildcard=True, underscore=True)
-
-
-def _key_type(value: str) -> str:
-    if value not in KEY_TYPES:
-        raise ValueError(f"unknown key type '{value}' (known: {', '.join(KEY_TYPES)})")
-    return value
 
 
 def _positive(unit: str) -> Any:
@@ -151,7 +147,7 @@ def _controller_path(value: str) -> str:
 DnsName = Annotated[str, AfterValidator(_dns_name)]
 DnsNameWild = Annotated[str, AfterValidator(_dns_name_wild)]
 RecordName = Annotated[str, AfterValidator(_record_name)]
-KeyType = Annotated[str, AfterValidator(_key_type)]
+KeyTypeName = Annotated[KeyType, BeforeValidator(check_key_type)]
 Seconds = Annotated[int, _positive("seconds")]
 Days = Annotated[int, _positive("days")]
 Mode = Annotated[str, AfterValidator(_mode)]
@@ -250,7 +246,7 @@ class CA(_Model):
     """A certificate authority kept on the controller."""
 
     parent: str | None = None
-    key_type: KeyType = "ec-p384"
+    key_type: KeyTypeName = "ec-p384"
     validity_days: Days = 3650
     path_length: int | None = Field(default=None, ge=0)
     #: Name-constraint subtrees: ``example.test`` is the name and its subdomains,
@@ -488,7 +484,7 @@ class Certificate(_Model):
     issuer: str
     challenge: Literal["http-01", "dns-01"] | None = None
     webroot: AbsPath | None = None
-    key_type: KeyType = "ec-p256"
+    key_type: KeyTypeName = "ec-p256"
     usages: list[Literal["server", "client"]] = ["server"]
     validity_days: Days = 90
     #: Renew this many days before expiry; None: when a third of the lifetime is left.
@@ -740,7 +736,7 @@ class Problem:
         )
 
 
-class InventoryError(Exception):
+class InventoryError(PkinfraError):
     """The inventory has problems; nothing was contacted."""
 
     def __init__(self, problems: list[Problem]) -> None:

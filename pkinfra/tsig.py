@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pkinfra.agent.errors import PkinfraError
+
 ALGORITHM = "hmac-sha256"
 SECRET_BYTES = 32
 #: The key that signs notifies and zone transfers between the primary and its secondaries.
@@ -28,7 +30,7 @@ _SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")  # always fullmatch
 _ROTATED = re.compile(r"k(\d+)\.(.+)")
 
 
-class TSIGError(Exception):
+class TSIGError(PkinfraError):
     """A TSIG key file cannot be made or read; the text names the file, never the secret."""
 
 

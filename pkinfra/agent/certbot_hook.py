@@ -44,6 +44,7 @@ import dns.name
 import dns.query
 import dns.rdatatype
 
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.dnsupdate import (
     DNSUpdateError,
     RFC2136Client,
@@ -61,7 +62,7 @@ FIRST_POLL_DELAY = 0.05
 MAX_POLL_DELAY = 1.0
 
 
-class HookError(Exception):
+class HookError(PkinfraError):
     """A failure of the hook, already worded for the one stderr line."""
 
 

@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pkinfra.agent.errors import PkinfraError
+
 #: The agent's state: ``pending/<service>`` (a notification is owed) and ``served/<service>.json``
 #: (what an in-place service was last told about).
 STATE_DIR = Path("/var/lib/pkinfra")
@@ -73,7 +75,7 @@ PIDFILE_MAX = 64
 CRASH_VARIABLE = "PKINFRA_DELIVERY_CRASH_AT"
 
 
-class DeliveryError(Exception):
+class DeliveryError(PkinfraError):
     """One service could not be delivered or notified; the message says which and why."""
 
 

@@ -50,6 +50,6 @@ def test_absent_not_a_file_and_not_a_key(tmp_path: Path) -> None:
 
 
 def test_every_model_key_type_has_genpkey_arguments() -> None:
-    from pkinfra.model import KEY_TYPES
+    from pkinfra.keys import KEY_TYPES
 
     assert set(GENPKEY_ARGS) == set(KEY_TYPES)
