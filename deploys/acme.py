@@ -22,10 +22,7 @@ from operations import acme as acme_ops
 from operations import system
 from operations.context import inventory, this_host, track_certificate_op
 from pkinfra import acme
-
-#: Where deploys/dns.py installs the host's own TSIG key.
-HOST_TSIG_KEY = "/etc/pkinfra/tsig.key"
-
+from pkinfra.agent import paths
 
 inv = inventory()
 spec = this_host()
@@ -65,13 +62,13 @@ if certificates:
     files.put(
         name="pkinfra agent: certbot hook",
         src=StringIO(acme.hook_wrapper()),
-        dest=acme.HOOK,
+        dest=paths.HOOK,
         mode="0755",
     )
     files.put(
         name="pkinfra agent: hook configuration",
-        src=StringIO(acme.hook_config(HOST_TSIG_KEY, ttl=inv.settings.shadow_zone.challenge_ttl)),
-        dest=acme.HOOK_CONFIG,
+        src=StringIO(acme.hook_config(paths.TSIG_KEY, ttl=inv.settings.shadow_zone.challenge_ttl)),
+        dest=paths.HOOK_CONFIG,
         mode="0644",
         create_remote_dir=True,
     )

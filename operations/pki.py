@@ -35,6 +35,7 @@ from operations.util import (
     upload_atomic,
 )
 from pkinfra import issue, publication
+from pkinfra.agent import paths
 from pkinfra.ca import CAError, CAStore, PassphraseSource
 
 
@@ -749,7 +750,6 @@ def crls(
 # -- key rollover of a CA-issued certificate ----------------------------------------------------
 
 ROLLOVER_STEPS = ("issued", "published", "switched")
-PENDING_DIR = "/var/lib/pkinfra/pending"
 
 
 @operation()
@@ -835,7 +835,7 @@ def key_rollover(
     next_dir = f"{directory}/next"
     nxt = _dir_info(next_dir, next_current)["key"]
     if step == "switched":
-        pending = host.get_fact(DirectoryFiles, directory=PENDING_DIR) or []
+        pending = host.get_fact(DirectoryFiles, directory=paths.PENDING_DIR) or []
         waiting = sorted(set(services) & set(pending))
         if waiting:
             host.noop(

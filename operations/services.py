@@ -14,12 +14,11 @@ from operations import system
 from operations.context import announce
 from operations.facts import DeliveryPlan, FileDigest
 from operations.util import q, upload_atomic
-from pkinfra.install import DELIVERY_AGENT
-from pkinfra.services import DEPLOY_HOOK, MAPPING_FILE
+from pkinfra.agent import paths
 
 HOOK_SCRIPT = (
     "#!/bin/sh\n# pkinfra: deliver renewed certificates into services (certbot deploy hook)\n"
-    f"exec python3 {DELIVERY_AGENT} --mapping {MAPPING_FILE}\n"
+    f"exec python3 {paths.DELIVERY_AGENT} --mapping {paths.SERVICES_MAPPING}\n"
 ).encode()
 
 
@@ -54,7 +53,7 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
         services.delivered(mapping=mapping_json(inventory, spec), deploy_hook=True)
     """
     if after_change:
-        yield f"python3 {q(DELIVERY_AGENT)} --mapping {q(MAPPING_FILE)}"
+        yield f"python3 {q(paths.DELIVERY_AGENT)} --mapping {q(paths.SERVICES_MAPPING)}"
         return
     commands = []
     reasons = []
@@ -62,12 +61,12 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
     agent_changed = bool(system.agent_changes()[0])
     if agent_changed:
         reasons.append("delivery agent installed or updated")
-    map_changed, cmds = _upload(MAPPING_FILE, mapping.encode(), "0644")
+    map_changed, cmds = _upload(paths.SERVICES_MAPPING, mapping.encode(), "0644")
     commands += cmds
     if map_changed:
         reasons.append("mapping changed")
     if deploy_hook:
-        hook_changed, cmds = _upload(DEPLOY_HOOK, HOOK_SCRIPT, "0755")
+        hook_changed, cmds = _upload(paths.DELIVERY_DEPLOY_HOOK, HOOK_SCRIPT, "0755")
         commands += cmds
         if hook_changed:
             reasons.append("certbot deploy hook installed")
@@ -75,7 +74,7 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
     plan = (
         None
         if agent_changed
-        else host.get_fact(DeliveryPlan, agent=DELIVERY_AGENT, mapping=mapping)
+        else host.get_fact(DeliveryPlan, agent=paths.DELIVERY_AGENT, mapping=mapping)
     )
     deliver = agent_changed or plan is None
     for svc in (plan or {}).get("services", []):
@@ -107,4 +106,4 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
         announce("services: " + "; ".join(reasons))
     yield from commands
     if deliver:
-        yield f"python3 {q(DELIVERY_AGENT)} --mapping {q(MAPPING_FILE)}"
+        yield f"python3 {q(paths.DELIVERY_AGENT)} --mapping {q(paths.SERVICES_MAPPING)}"

@@ -24,6 +24,7 @@ from operations.context import announce
 from operations.facts import AgentFiles
 from operations.util import q, upload_atomic
 from pkinfra import install
+from pkinfra.agent import paths
 
 
 @operation()
@@ -57,7 +58,7 @@ def _sha(data: bytes) -> str:
 def agent_changes() -> tuple[list[str], list[str]]:
     """The agent files to write and the stale ones to remove (paths under ``LIB_DIR``): what
     ``agent`` does on this host now (also for ``services.delivered``, which plans after it)."""
-    have = host.get_fact(AgentFiles, directory=install.LIB_DIR)
+    have = host.get_fact(AgentFiles, directory=paths.LIB_DIR)
     wanted = install.agent_files()
     write = [path for path, data in wanted.items() if have.get(path) != _sha(data)]
     # Only inside pkinfra's package tree: a module left there from an older version is dropped.
@@ -79,16 +80,16 @@ def agent():
     """
     write, stale = agent_changes()
     if not write and not stale:
-        host.noop(f"host agents current in {install.LIB_DIR}")
+        host.noop(f"host agents current in {paths.LIB_DIR}")
         return
     announce(f"host agents: {len(write)} file(s) to write, {len(stale)} to remove")
     files = install.agent_files()
     for path in write:
         # Entry points are programs; modules are only read.
         mode = "0644" if path.startswith("pkinfra/") else "0755"
-        yield from upload_atomic(f"{install.LIB_DIR}/{path}", files[path], mode, "root", "root")
+        yield from upload_atomic(f"{paths.LIB_DIR}/{path}", files[path], mode, "root", "root")
     if stale:
-        yield "rm -f " + " ".join(q(f"{install.LIB_DIR}/{path}") for path in stale)
+        yield "rm -f " + " ".join(q(f"{paths.LIB_DIR}/{path}") for path in stale)
 
 
 _installed: set[tuple[int, str]] = set()

@@ -15,17 +15,17 @@ import sys
 from functools import cache
 from pathlib import Path
 
+from pkinfra.agent import paths
+
 #: Where the agents' code lives on a managed host.
-LIB_DIR = "/usr/local/lib/pkinfra"
-#: The delivery agent's entry point (run as ``python3 DELIVERY_AGENT``; a path older runs and
+#: The delivery agent's entry point (run as ``python3 paths.DELIVERY_AGENT``; a path older runs and
 #: certbot hooks already name).
-DELIVERY_AGENT = f"{LIB_DIR}/delivery.py"
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGE = "pkinfra.agent"
 
 
-def entry_point(module: str, what: str, lib_dir: str = LIB_DIR) -> str:
+def entry_point(module: str, what: str, lib_dir: str = paths.LIB_DIR) -> str:
     """A program that runs ``pkinfra.agent.<module>``'s ``main`` with the host's python3 and
     pkinfra's files only (``-I``: no user site, no environment; ``lib_dir`` first)."""
     return (

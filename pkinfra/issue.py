@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from pkinfra.agent import paths
 from pkinfra.ca import CAInfo, CAStore, IssuedRecord
 from pkinfra.model import NEXT_SUFFIX, Inventory
 from pkinfra.model import Certificate as CertSpec
@@ -33,8 +34,6 @@ BUNDLE_FILE = "bundle.pem"  # issuing CA and every ancestor, root included: what
 
 #: Where a host gets the CAs it trusts and the CRLs it checks (the Services issue copies them).
 TRUST_DIR = "/usr/local/share/ca-certificates"
-CA_DIR = "/etc/pkinfra/ca"
-CRL_DIR = "/etc/pkinfra/crl"
 
 
 def trust_anchor_path(ca: str) -> str:
@@ -42,11 +41,11 @@ def trust_anchor_path(ca: str) -> str:
 
 
 def ca_bundle_path(ca: str) -> str:
-    return f"{CA_DIR}/{ca}.pem"
+    return f"{paths.CA_DIR}/{ca}.pem"
 
 
 def crl_path(ca: str) -> str:
-    return f"{CRL_DIR}/{ca}.pem"
+    return f"{paths.CRL_DIR}/{ca}.pem"
 
 
 # -- the inventory's CAs ------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from pkinfra import names, tlsa, tsig
+from pkinfra.agent import paths
 from pkinfra.agent.errors import PkinfraError
 from pkinfra.keys import KeyType, check_key_type
 
@@ -514,7 +515,7 @@ class Certificate(_Model):
     def default_directory(self) -> str:
         if self.is_acme:
             return f"/etc/letsencrypt/live/{self.name}"
-        return f"{CERTS_DIR}/{self.name}"
+        return f"{paths.CERTS_DIR}/{self.name}"
 
 
 class ServiceFile(_Model):
@@ -604,13 +605,13 @@ class HostSpec(_Model):
 
 #: Directories that hold pkinfra's files on a host (agents, their configuration and state,
 #: certbot's tree, BIND include files, CA-issued certificates): no inventory path may lie in one,
-#: or a service file would overwrite pkinfra's. A list of its own (those modules import this
-#: one); tests/unit/test_model.py checks that every host path constant lies in one of these.
+#: or a service file would overwrite pkinfra's. tests/unit/test_model.py checks that every path
+#: of ``pkinfra.agent.paths`` (and the BIND layout) lies in one of these.
 HOST_RESERVED_DIRS = (
-    "/etc/pkinfra",
-    "/var/lib/pkinfra",
-    "/var/cache/pkinfra",
-    "/usr/local/lib/pkinfra",
+    paths.ETC_DIR,
+    paths.STATE_DIR,
+    paths.CACHE_DIR,
+    paths.LIB_DIR,
     "/etc/letsencrypt",
     "/var/lib/letsencrypt",
     "/etc/bind/pkinfra",
@@ -618,7 +619,7 @@ HOST_RESERVED_DIRS = (
 )
 #: pkinfra's files in shared directories (``pkinfra-*``), and BIND's files on the DNS servers.
 HOST_RESERVED_PREFIXES = (
-    "/usr/local/bin/pkinfra-",
+    paths.BIN_PREFIX,
     "/usr/local/share/ca-certificates/pkinfra-",
     "/etc/nginx/sites-enabled/pkinfra-",
     "/etc/unbound/pkinfra-",
@@ -628,7 +629,6 @@ HOST_RESERVED_PREFIXES = (
     "/etc/bind/named.conf.local",
 )
 #: Where CA-issued certificates live by default; a ``directory`` may be one below it.
-CERTS_DIR = "/etc/pkinfra/certs"
 
 
 def is_below(path: str, directory: str) -> bool:
@@ -1205,7 +1205,7 @@ def _check_host(
             )
         for field, path in (("directory", cert.directory), ("webroot", cert.webroot)):
             area = reserved_host_path(path) if path else None
-            own = path == cert.default_directory or is_below(path or "", CERTS_DIR)
+            own = path == cert.default_directory or is_below(path or "", paths.CERTS_DIR)
             if area and not (field == "directory" and own):
                 add(f"{base}.{field}", f"'{path}' is pkinfra's own ({area})")
         for k, other in enumerate(host.certificates[:i]):
@@ -1297,14 +1297,14 @@ def _check_host(
                 f"{base}.certificate",
                 f"unknown certificate '{svc.certificate}' (known: {known_certs})",
             )
-        paths: set[str] = set()
+        seen: set[str] = set()
         for j, f in enumerate(svc.files):
             fbase = f"{base}.files[{j}]"
-            if f.path in paths:
+            if f.path in seen:
                 add(f"{fbase}.path", f"'{f.path}' is written twice")
             elif f.path in written:
                 add(f"{fbase}.path", f"'{f.path}' is also written by {written[f.path]}")
-            paths.add(f.path)
+            seen.add(f.path)
             written.setdefault(f.path, f"{fbase}")
             area = reserved_host_path(f.path)
             if area:

@@ -11,12 +11,10 @@ import json
 from typing import Any
 
 from pkinfra import issue
-from pkinfra.acme import DANE_PUBLISH
+from pkinfra.agent.paths import DANE_PUBLISH
 from pkinfra.model import Certificate, HostSpec, Inventory, Service, ServiceFile
 
 #: Where the delivery agent's mapping lives on a managed host.
-MAPPING_FILE = "/etc/pkinfra/services.json"
-DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/50-pkinfra-deliver"
 
 
 def certificate_files(cert: Certificate) -> dict[str, str]:

@@ -32,13 +32,13 @@ from typing import Any
 import jinja2
 
 from pkinfra import acme, issue, services
+from pkinfra.agent import paths
 from pkinfra.model import NEXT_SUFFIX, Certificate, HostSpec, Inventory, tlsa_owner, zone_of
 
 SCHEMA = 1
 TEMPLATES = Path(__file__).parent / "templates"
-ROLLOVER_DIR = acme.ROLLOVER_DIR
+ROLLOVER_DIR = paths.ROLLOVER_DIR
 RENEWAL_DIR = "/etc/letsencrypt/renewal"
-STATE_DIR = "/var/lib/pkinfra"
 #: A renewal this much past its date is overdue (certbot's timer runs twice a day; a run may
 #: be a few hours late).
 GRACE = dt.timedelta(days=1)
@@ -276,8 +276,8 @@ def probe_request(inventory: Inventory, host: HostSpec) -> dict[str, Any]:
         "certificates": certs,
         "services": services.mapping(inventory, host)["services"],
         "crls": {ca: issue.crl_path(ca) for ca in plan.crls},
-        "state_dir": STATE_DIR,
-        "dane_seen": acme.DANE_SEEN,
+        "state_dir": paths.STATE_DIR,
+        "dane_seen": paths.DANE_SEEN,
     }
 
 

@@ -44,6 +44,7 @@ import dns.name
 import dns.query
 import dns.rdatatype
 
+from pkinfra.agent import paths
 from pkinfra.agent.errors import PkinfraError
 from pkinfra.dnsupdate import (
     DNSUpdateError,
@@ -54,9 +55,7 @@ from pkinfra.dnsupdate import (
 )
 
 PROG = "pkinfra-certbot-hook"
-CONFIG_PATH = "/etc/pkinfra/acme-hook.conf"
 #: Where each challenge name led last time (target and zone): public data, a hint only.
-ZONE_CACHE = "/var/cache/pkinfra/acme-hook-zones.json"
 SECTION = "dns-01"
 FIRST_POLL_DELAY = 0.05
 MAX_POLL_DELAY = 1.0
@@ -79,7 +78,7 @@ class HookConfig:
     primary: str | None = None
     server_addresses: tuple[tuple[str, str], ...] = ()
     resolver_check: bool = True
-    zone_cache: str | None = ZONE_CACHE
+    zone_cache: str | None = paths.HOOK_ZONE_CACHE
 
     @classmethod
     def from_file(cls, path: str) -> HookConfig:
@@ -148,7 +147,7 @@ class HookConfig:
             resolver_check=check in ("yes", "true", "1"),
             zone_cache=None
             if values.get("zone_cache", "").strip().lower() == "none"
-            else values.get("zone_cache") or ZONE_CACHE,
+            else values.get("zone_cache") or paths.HOOK_ZONE_CACHE,
         )
 
     def client(self) -> RFC2136Client:
@@ -374,7 +373,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"usage: {PROG} auth|cleanup (certbot sets CERTBOT_DOMAIN, ...)", file=sys.stderr)
         return 2
     action = args[0]
-    config_path = env.get("PKINFRA_HOOK_CONFIG", CONFIG_PATH)
+    config_path = env.get("PKINFRA_HOOK_CONFIG", paths.HOOK_CONFIG)
     domain = env.get("CERTBOT_DOMAIN", "?")
     try:
         done = run(action, env, config_path)

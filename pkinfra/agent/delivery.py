@@ -53,11 +53,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pkinfra.agent import paths
 from pkinfra.agent.errors import PkinfraError
 
 #: The agent's state: ``pending/<service>`` (a notification is owed) and ``served/<service>.json``
 #: (what an in-place service was last told about).
-STATE_DIR = Path("/var/lib/pkinfra")
+STATE_DIR = Path(paths.STATE_DIR)
 KEY_CONTENTS = frozenset({"key", "combined"})
 CERT_CONTENTS = frozenset({"cert", "fullchain", "combined"})
 SIGNALS = {
@@ -633,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pkinfra-deliver", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--mapping",
-        default="/etc/pkinfra/services.json",
+        default=paths.SERVICES_MAPPING,
         help="the mapping file, or - for standard input",
     )
     parser.add_argument(
