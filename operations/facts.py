@@ -15,8 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyinfra.api import FactBase
 from typing_extensions import override
 
-from operations.util import key_type_from_text_pub, q
-from pkinfra.keys import KeyTypeError, key_type_of
+from operations.util import SPKI_HASH, key_type_from_text_pub, q
+from pkinfra.keys import KeyTypeError, PublicKey, key_type_of, public_key_der, spki_sha256
 
 
 class PrivateKeyInfo(TypedDict):
@@ -104,8 +104,8 @@ class PkiFilesInfo(TypedDict):
 class PkiFiles(FactBase[PkiFilesInfo]):
     """Certificate directories (key, certificate, chain files) and CA files, in one command.
 
-    For each directory: the key's mode, owner, type and public-key fingerprint (computed on the
-    host: the private key is read by openssl there and never printed), the certificate's serial,
+    For each directory: the key's mode, owner, type and public-key fingerprint (the private key
+    is read by openssl on the host, which prints its public half only), the certificate's serial,
     expiry, names, usages, issuer and key fingerprint, and the hashes of the chain files. For
     each file pattern: the SHA-256 of every matching file. Public data only.
     """
@@ -119,14 +119,13 @@ class PkiFiles(FactBase[PkiFilesInfo]):
         for pattern in files:
             if not _SAFE_PATTERN.fullmatch(pattern):
                 raise ValueError(f"unsafe file pattern {pattern!r}")
-        # The key is read by openssl here and only its public half is printed, with the SHA-256
-        # of its DER SubjectPublicKeyInfo (b). The certificate is public: it is printed as it is
-        # and parsed on the controller. One openssl call per directory, one sha256sum for its
+        # The key is read by openssl here and only its public half is printed; its type and
+        # fingerprint are read on the controller (pkinfra.keys, as for the certificate, which is
+        # public and printed as it is). One openssl call per directory, one sha256sum for its
         # files: the fact runs on every host and every run. e: echo without dash's escapes;
         # -passin pass: (empty): an encrypted key fails instead of prompting.
         head = [
             "e() { printf '%s\\n' \"$1\"; }",
-            "b() { sed -n '/-----BEGIN/,/-----END/{/-----/d;p}' | base64 -d | sha256sum; }",
         ]
         lines = [
             f"for d in {' '.join(q(d) for d in directories)}; do",
@@ -137,8 +136,7 @@ class PkiFiles(FactBase[PkiFilesInfo]):
             '  echo "key|$(stat -L -c \'%F|%a|%U|%G\' "$k")"',
             '  p=$(openssl pkey -passin pass: -in "$k" -pubout 2>/dev/null)',
             '  case "$p" in *BEGIN*)',
-            "   e \"$p\" | sed 's/^/kp|/'",
-            '   echo "kh|$(e "$p" | b)";;',
+            "   e \"$p\" | sed 's/^/kp|/';;",
             "  esac",
             " fi",
             " [ ! -f \"$d/cert.pem\" ] || { echo 'cert|'; sed 's/^/c|/' \"$d/cert.pem\"; }",
@@ -165,7 +163,10 @@ class PkiFiles(FactBase[PkiFilesInfo]):
             if current is None:
                 return
             if current["key"] is not None and key_pem:
-                current["key"]["key_type"] = _public_key_type("\n".join(key_pem))
+                public = _public_key("\n".join(key_pem))
+                if public is not None:
+                    current["key"]["key_type"] = _key_type(public)
+                    current["key"]["spki_sha256"] = spki_sha256(public)
             if cert_pem is not None:
                 current["cert"] = _certificate_info("\n".join(cert_pem))
 
@@ -193,8 +194,6 @@ class PkiFiles(FactBase[PkiFilesInfo]):
                 }
             elif tag == "kp":
                 key_pem.append(rest)
-            elif tag == "kh" and current["key"] is not None:
-                current["key"]["spki_sha256"] = rest.split(" ", 1)[0] or None
             elif tag == "cert":
                 cert_pem = []
             elif tag == "c" and cert_pem is not None:
@@ -206,10 +205,19 @@ class PkiFiles(FactBase[PkiFilesInfo]):
         return result
 
 
-def _public_key_type(pem: str) -> str | None:
+def _public_key(pem: str) -> PublicKey | None:
+    """The public key a host printed (never a private key); None when unreadable."""
     try:
-        return key_type_of(serialization.load_pem_public_key(pem.encode()))
-    except (ValueError, KeyTypeError):
+        public = serialization.load_pem_public_key(pem.encode())
+    except ValueError:
+        return None
+    return public  # type: ignore[return-value]
+
+
+def _key_type(public: PublicKey) -> str | None:
+    try:
+        return key_type_of(public)
+    except KeyTypeError:
         return None
 
 
@@ -235,9 +243,7 @@ def _certificate_info(pem: str) -> PkiCertInfo | bool:
     except x509.ExtensionNotFound:
         key_id = None
     common = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = public_key_der(cert)
     return {
         "serial": f"{cert.serial_number:x}",
         "not_after": cert.not_valid_after_utc.isoformat(),
@@ -480,8 +486,7 @@ class CertbotLineage(FactBase[Any]):
                 " -ext subjectAltName 2>/dev/null | sed 's/^/c|/'",
                 "fi",
                 f"if [ -f {key} ]; then",
-                f' echo "k|$(openssl pkey -in {key} -pubout 2>/dev/null'
-                ' | openssl pkey -pubin -outform DER 2>/dev/null | sha256sum | cut -c1-64)"',
+                f' echo "k|$( (openssl pkey -in {key} -pubout | {SPKI_HASH}) 2>/dev/null)"',
                 "fi",
                 "true",
             ]

@@ -24,11 +24,11 @@ from operations.context import announce, run_on_host, upload_to_host
 from operations.facts import DirectoryFiles, PkiDirInfo, PkiFiles, PrivateKey, RolloverState
 from operations.util import (
     GENPKEY_ARGS,
-    SPKI_HASH,
     csr_command,
     genpkey,
     install_command,
     install_staged,
+    key_matches_command,
     new_name,
     ownership_fixes,
     q,
@@ -920,11 +920,7 @@ def _switch_command(directory: str, next_dir: str) -> str:
     copies = " && ".join(
         f"cp -p {q(f'{next_dir}/{f}')} {q(new_name(f'{directory}/{f}'))}" for f in files
     )
-    key_new, cert_new = q(new_name(f"{directory}/key.pem")), q(new_name(f"{directory}/cert.pem"))
-    check = (
-        f'[ "$(openssl x509 -in {cert_new} -noout -pubkey | {SPKI_HASH})"'
-        f' = "$(openssl pkey -in {key_new} -pubout | {SPKI_HASH})" ]'
-    )
+    check = key_matches_command(new_name(f"{directory}/key.pem"), new_name(f"{directory}/cert.pem"))
     moves = " && ".join(
         f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files
     )

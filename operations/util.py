@@ -65,6 +65,16 @@ def key_type_from_text_pub(text: str) -> str | None:
 SPKI_HASH = "openssl pkey -pubin -outform DER | sha256sum | cut -c1-64"
 
 
+def key_matches_command(key: str, cert: str) -> str:
+    """Shell test, true when the private key file ``key`` is the key of the certificate file
+    ``cert``: their public keys are compared on the host, nothing of the key is printed (the
+    Python side of the same check is ``pkinfra.keys.key_matches``)."""
+    return (
+        f'[ "$(openssl x509 -in {q(cert)} -noout -pubkey | {SPKI_HASH})"'
+        f' = "$(openssl pkey -in {q(key)} -pubout | {SPKI_HASH})" ]'
+    )
+
+
 def new_name(path: str) -> str:
     """Where a file is written before it is renamed over ``path`` (same directory)."""
     head, _, tail = path.rpartition("/")
@@ -89,15 +99,10 @@ def install_command(directory: str, files: list[str], *, check_cert: bool) -> st
     With ``check_cert``, nothing is renamed unless the new cert.pem matches key.pem, so the live
     paths never hold a certificate that does not match its key.
     """
-    d = q(directory)
     news = " ".join(q(new_name(f"{directory}/{f}")) for f in files)
     steps = [f"chmod 0644 {news}"]
     if check_cert:
-        new_cert = q(new_name(f"{directory}/cert.pem"))
-        steps.append(
-            f'[ "$(openssl x509 -in {new_cert} -noout -pubkey | {SPKI_HASH})"'
-            f' = "$(openssl pkey -in {d}/key.pem -pubout | {SPKI_HASH})" ]'
-        )
+        steps.append(key_matches_command(f"{directory}/key.pem", new_name(f"{directory}/cert.pem")))
     steps += [f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files]
     return " && ".join(steps)
 

@@ -42,12 +42,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pkinfra import names as dns_names
 from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import fsync_dir, write_atomic
 from pkinfra.keys import (
     KeyType,
     KeyTypeError,
     PrivateKey,
     PublicKey,
     generate_private_key,
+    key_matches,
     key_type_of,
     signature_hash,
     spki_sha256,
@@ -433,32 +435,6 @@ class _LoadedCA:
 
 
 # --- file helpers ----------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes, mode: int = 0o644, *, sync_dir: bool = True) -> None:
-    """Write beside, fsync, rename over: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if sync_dir:
-        _fsync_dir(path.parent)
 
 
 def _make_dir(path: Path) -> None:
@@ -1087,12 +1063,12 @@ class CAStore:
             try:
                 _make_dir(staging)
                 _make_dir(staging / CERTS_DIR)
-                _write_file(staging / KEY_FILE, key_pem, 0o600, sync_dir=False)
-                _write_file(staging / CERT_FILE, _pem(cert), sync_dir=False)
-                _write_file(staging / META_FILE, meta_bytes, sync_dir=False)
-                _write_file(staging / RECORD_FILE, b"", 0o600, sync_dir=False)
-                _fsync_dir(staging / CERTS_DIR)
-                _fsync_dir(staging)
+                write_atomic(staging / KEY_FILE, key_pem, 0o600, sync_dir=False)
+                write_atomic(staging / CERT_FILE, _pem(cert), sync_dir=False)
+                write_atomic(staging / META_FILE, meta_bytes, sync_dir=False)
+                write_atomic(staging / RECORD_FILE, b"", 0o600, sync_dir=False)
+                fsync_dir(staging / CERTS_DIR)
+                fsync_dir(staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -1100,7 +1076,7 @@ class CAStore:
                 aside = f".{name}.replaced-{_now():%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
                 os.rename(final, self.directory / aside)
             os.rename(staging, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._indexes.pop(name, None)
 
     # issuing
@@ -1187,7 +1163,7 @@ class CAStore:
             record = _record_of(issuer.name, cert, host=host, cert_name=cert_name, kind=kind)
             # Certificate file first: a record line must never point at a missing file.
             with _io_errors(issuer.name, path, action):
-                _write_file(path / record.file, _pem(cert))
+                write_atomic(path / record.file, _pem(cert))
                 _append_lines(path / RECORD_FILE, [_record_line(record)])
             self._refreshed(issuer.name)
         return cert, record
@@ -1229,8 +1205,8 @@ class CAStore:
                 records.append(_record_of(ca_name, cert, host=host, cert_name=cert_name, kind=kind))
             with _io_errors(ca_name, path, action):
                 for record, (cert, _, _) in zip(records, parsed, strict=True):
-                    _write_file(path / record.file, _pem(cert), sync_dir=False)
-                _fsync_dir(path / CERTS_DIR)
+                    write_atomic(path / record.file, _pem(cert), sync_dir=False)
+                fsync_dir(path / CERTS_DIR)
                 _append_lines(path / RECORD_FILE, [_record_line(r) for r in records])
             self._refreshed(ca_name)
         return records
@@ -1341,7 +1317,7 @@ class CAStore:
             crl = builder.sign(issuer.key, signature_hash(key_type_of(issuer.key)))
             pem = crl.public_bytes(serialization.Encoding.PEM)
             with _io_errors(ca_name, path, action):
-                _write_file(path / CRL_FILE, pem)
+                write_atomic(path / CRL_FILE, pem)
         return pem
 
     def current_crl(self, ca_name: str) -> bytes | None:
@@ -1676,7 +1652,7 @@ def _parse_private_key(
 def _check_key_matches(
     name: str, cert: x509.Certificate, key: PrivateKey, path: Path | None, action: str
 ) -> None:
-    if spki_sha256(key.public_key()) != spki_sha256(_public_key(cert)):
+    if not key_matches(key, cert):
         raise CAError(
             "the CA certificate does not match its key", ca=name, path=path, action=action
         )

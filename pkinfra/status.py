@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -991,22 +989,6 @@ def to_prometheus(report: Report) -> str:
     for name, (help_text, samples) in metrics.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write beside and rename: node_exporter never reads half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- terminal -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import dns.exception
 import dns.flags
@@ -46,6 +47,7 @@ import dns.rdatatype
 
 from pkinfra.agent import paths
 from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import write_atomic
 from pkinfra.dnsupdate import (
     DNSUpdateError,
     RFC2136Client,
@@ -274,10 +276,8 @@ class Hook:
         hints = {**_read_hints(path), owner: entry}
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            staged = f"{path}.{os.getpid()}"
-            with open(staged, "w", encoding="utf-8") as handle:
-                json.dump(hints, handle, indent=1, sort_keys=True)
-            os.replace(staged, path)
+            text = json.dumps(hints, indent=1, sort_keys=True)
+            write_atomic(Path(path), text.encode(), sync_dir=False)
         except OSError:
             pass  # a hint only: the next run finds the zone the slow way
 

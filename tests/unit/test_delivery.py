@@ -261,7 +261,7 @@ def test_interrupted_write_leaves_the_old_file(
 
     monkeypatch.setattr(os, "write", boom)
     with pytest.raises(OSError):
-        delivery.write_atomic(target, b"new", 0, 0, 0o600)
+        delivery.write_atomic(target, b"new", 0o600, (0, 0))
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["key.pem"]
 
