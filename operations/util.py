@@ -45,20 +45,6 @@ def genpkey(path: str, key_type: str, owner: str = "root", group: str = "root") 
     )
 
 
-def key_type_from_text_pub(text: str) -> str | None:
-    """Map ``openssl pkey -noout -text_pub`` output to a model key type (None: unknown)."""
-    if "ED25519 Public-Key" in text:
-        return "ed25519"
-    if "prime256v1" in text or "P-256" in text:
-        return "ec-p256"
-    if "secp384r1" in text or "P-384" in text:
-        return "ec-p384"
-    for bits in ("2048", "3072", "4096"):
-        if f"Public-Key: ({bits} bit)" in text and "Modulus" in text:
-            return f"rsa-{bits}"
-    return None
-
-
 # -- private PKI: certificate directories -------------------------------------------------------
 
 #: Shell: hex SHA-256 of the DER SubjectPublicKeyInfo of the PEM public key on stdin.
