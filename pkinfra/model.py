@@ -837,6 +837,52 @@ def _is_code(value: Any) -> bool:
 Groups = Mapping[str, Any]
 
 
+def inventory_groups(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The host groups of an ``inventory.py`` (its module namespace), found as pyinfra finds
+    them: a module-level list of hosts (names, or ``(name, data)`` tuples), or a ``(hosts,
+    data)`` tuple. Names that start with ``_`` are kept, for ``load`` to check: pyinfra skips
+    those without a word."""
+    groups = {}
+    for name, value in namespace.items():
+        if name.startswith("__"):
+            continue
+        hosts = value[0] if isinstance(value, tuple) and len(value) == 2 else value
+        if isinstance(hosts, list) and all(isinstance(h, str | tuple) for h in hosts):
+            groups[name] = value
+    return groups
+
+
+def _hosts_of(members: Any) -> dict[str, str]:
+    """A group's hosts: pyinfra name -> the name a message uses (its ``fqdn`` when given)."""
+    hosts = members[0] if isinstance(members, tuple) else members
+    found = {}
+    for entry in hosts if isinstance(hosts, list) else []:
+        name, data = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, {})
+        if isinstance(name, str):
+            fqdn = data.get("fqdn") if isinstance(data, dict) else None
+            found[name] = fqdn if isinstance(fqdn, str) else name
+    return found
+
+
+def _pyinfra_groups(groups: Groups, problems: list[Problem]) -> dict[str, Any]:
+    """The groups pyinfra acts on. pyinfra ignores a group whose name starts with ``_``: its
+    hosts would never be contacted and the run would exit 0. Such a group with a host no other
+    group has is refused; one that only repeats other groups' hosts (a helper list) is left
+    out, as pyinfra leaves it out."""
+    listed = {h for g, m in groups.items() if not g.startswith("_") for h in _hosts_of(m)}
+    for group, members in groups.items():
+        if not group.startswith("_"):
+            continue
+        for name, where in _hosts_of(members).items():
+            if name not in listed:
+                message = (
+                    f"group '{group}' starts with '_', which pyinfra ignores: this host would "
+                    "never be contacted (rename the group)"
+                )
+                problems.append(Problem(where, "groups", message))
+    return {g: m for g, m in groups.items() if not g.startswith("_")}
+
+
 def load(
     base_dir: Path,
     groups: Groups,
@@ -874,6 +920,7 @@ def load(
     # certificates that exist but are invalid (so references to them are not reported again).
     kept: dict[str, dict[str, list[int]]] = {}
     unusable: dict[str, set[str]] = {}
+    groups = _pyinfra_groups(groups, problems)
     for name, merged, origin in _merge_hosts(groups, group_data, problems):
         where = merged.get("fqdn") if isinstance(merged.get("fqdn"), str) else name
         fields = {k: merged[k] for k in HOST_KEYS if k in merged}
@@ -1540,12 +1587,14 @@ _active: Inventory | None = None
 def load_or_exit(inventory_file: str, groups: Groups) -> Inventory:
     """Validate from an ``inventory.py``; on problems print them all and exit non-zero.
 
-    Runs while pyinfra loads the inventory, so nothing has been contacted yet. The loaded
-    inventory is kept for the deploys of the same process (``active``).
+    ``groups`` is the inventory's module namespace (``globals()``: its groups are found as
+    pyinfra finds them, so they are declared once) or a mapping of group name to hosts. Runs
+    while pyinfra loads the inventory, so nothing has been contacted yet. The loaded inventory
+    is kept for the deploys of the same process (``active``).
     """
     global _active
     try:
-        inventory = load(Path(inventory_file).resolve().parent, groups)
+        inventory = load(Path(inventory_file).resolve().parent, inventory_groups(groups))
     except InventoryError as exc:
         raise SystemExit(exc.report()) from None
     for warning in inventory.warnings:

@@ -841,3 +841,28 @@ def test_every_host_path_of_pkinfra_is_in_a_reserved_place() -> None:
     ]
     assert [p for p in paths if model.reserved_host_path(p) is None] == []
     assert model.reserved_host_path("/etc/nginx/tls/web.key") is None
+
+
+def test_groups_are_found_as_pyinfra_finds_them() -> None:
+    groups = base_groups()
+    namespace = {
+        **groups,
+        "__file__": "inventory.py",
+        "_here": Path("/x"),
+        "_ssh": lambda address: {},
+        "_pair": ("a", 1),
+        "settings": {"not": "a group"},
+    }
+    assert model.inventory_groups(namespace) == groups
+
+
+def test_an_underscore_group_is_refused_unless_its_hosts_are_in_other_groups() -> None:
+    groups = base_groups()
+    helper = {**groups, "_mail_again": list(groups["mail"])}
+    assert problems(base_all(), helper) == []
+    hidden = {k: v for k, v in groups.items() if k != "mail"}
+    hidden["_mail"] = groups["mail"]
+    assert problems(base_all(), hidden) == [
+        "mx1.example.test: groups: group '_mail' starts with '_', which pyinfra ignores: this "
+        "host would never be contacted (rename the group)"
+    ]
