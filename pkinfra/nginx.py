@@ -36,7 +36,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pkinfra.agent.errors import PkinfraError
+try:
+    from pkinfra.agent.errors import PkinfraError
+except ImportError:  # on a host this file runs alone (python3 -I -): no pkinfra to import
+    PkinfraError = Exception  # type: ignore[misc,assignment]
 
 SNIPPET = "/etc/nginx/snippets/pkinfra-acme-challenge.conf"
 SITE = "/etc/nginx/sites-enabled/pkinfra-acme-challenge"
