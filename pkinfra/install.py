@@ -17,10 +17,6 @@ from pathlib import Path
 
 from pkinfra.agent import paths
 
-#: Where the agents' code lives on a managed host.
-#: The delivery agent's entry point (run as ``python3 paths.DELIVERY_AGENT``; a path older runs and
-#: certbot hooks already name).
-
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGE = "pkinfra.agent"
 

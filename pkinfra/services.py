@@ -14,8 +14,6 @@ from pkinfra import issue
 from pkinfra.agent.paths import DANE_PUBLISH
 from pkinfra.model import Certificate, HostSpec, Inventory, Service, ServiceFile
 
-#: Where the delivery agent's mapping lives on a managed host.
-
 
 def certificate_files(cert: Certificate) -> dict[str, str]:
     """The files a certificate has on its host, by content kind."""

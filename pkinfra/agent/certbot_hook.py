@@ -57,7 +57,6 @@ from pkinfra.dnsupdate import (
 )
 
 PROG = "pkinfra-certbot-hook"
-#: Where each challenge name led last time (target and zone): public data, a hint only.
 SECTION = "dns-01"
 FIRST_POLL_DELAY = 0.05
 MAX_POLL_DELAY = 1.0

@@ -33,7 +33,8 @@ ACME_SERVER_TRUST: Final = "/usr/local/share/ca-certificates/pkinfra-acme-server
 NGINX_STAGE: Final = f"{ETC_DIR}/nginx-stage"
 
 # -- agents: programs, configuration, state ------------------------------------------------------
-#: certbot's DNS-01 hook (``pkinfra.agent.certbot_hook``), its configuration and zone cache.
+#: certbot's DNS-01 hook (``pkinfra.agent.certbot_hook``), its configuration, and where each
+#: challenge name led last time (target and zone: public data, a hint only).
 HOOK: Final = f"{BIN_PREFIX}certbot-hook"
 HOOK_CONFIG: Final = f"{ETC_DIR}/acme-hook.conf"
 HOOK_ZONE_CACHE: Final = f"{CACHE_DIR}/acme-hook-zones.json"
