@@ -4,7 +4,8 @@ resolver, the ACME server) is reached with ``@docker/``.
 
 A production inventory has the same shape: hosts in groups, each with its ``fqdn`` and its
 pkinfra fields, settings in ``group_data/all.py``. The last line validates all of it before
-pyinfra connects to anything.
+pyinfra connects to anything. A group's name must not start with ``_`` (pyinfra ignores such a
+group; pkinfra refuses it).
 """
 
 from pathlib import Path
@@ -196,15 +197,5 @@ monitoring = [
     ),
 ]
 
-_inventory = load_or_exit(
-    __file__,
-    {
-        "dns": dns,
-        "resolvers": resolvers,
-        "acme_servers": acme_servers,
-        "web": web,
-        "mail": mail,
-        "db": db,
-        "monitoring": monitoring,
-    },
-)
+# pkinfra finds the groups above as pyinfra does (module-level lists of hosts): one declaration.
+_inventory = load_or_exit(__file__, globals())

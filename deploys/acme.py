@@ -14,7 +14,6 @@ package ships its systemd timer and ``/etc/cron.d/certbot`` (used where systemd 
 from __future__ import annotations
 
 from io import StringIO
-from pathlib import Path
 
 from pyinfra.api import DeployError
 from pyinfra.operations import files
@@ -23,11 +22,7 @@ from operations import acme as acme_ops
 from operations import system
 from operations.context import inventory, this_host, track_certificate_op
 from pkinfra import acme
-
-ROOT = Path(__file__).resolve().parent.parent
-#: Where deploys/dns.py installs the host's own TSIG key.
-HOST_TSIG_KEY = "/etc/pkinfra/tsig.key"
-
+from pkinfra.agent import paths
 
 inv = inventory()
 spec = this_host()
@@ -61,26 +56,19 @@ if certificates:
             source=str(settings.ca_bundle),
         )
 
-    # The agent, on every host with ACME certificates: DNS-01 hooks, the TLSA publisher and
+    # The agents, on every host with ACME certificates: DNS-01 hooks, the TLSA publisher and
     # the key rollover (deploys/dane.py).
-    for relative in ("pkinfra/__init__.py", *acme.AGENT_FILES):
-        files.put(
-            name=f"pkinfra agent: {relative}",
-            src=str(ROOT / relative),
-            dest=f"{acme.LIB_DIR}/{relative}",
-            mode="0644",
-            create_remote_dir=True,
-        )
+    system.agent_once()
     files.put(
         name="pkinfra agent: certbot hook",
         src=StringIO(acme.hook_wrapper()),
-        dest=acme.HOOK,
+        dest=paths.HOOK,
         mode="0755",
     )
     files.put(
         name="pkinfra agent: hook configuration",
-        src=StringIO(acme.hook_config(HOST_TSIG_KEY, ttl=inv.settings.shadow_zone.challenge_ttl)),
-        dest=acme.HOOK_CONFIG,
+        src=StringIO(acme.hook_config(paths.TSIG_KEY, ttl=inv.settings.shadow_zone.challenge_ttl)),
+        dest=paths.HOOK_CONFIG,
         mode="0644",
         create_remote_dir=True,
     )

@@ -12,11 +12,13 @@ from typing import Any
 
 from pyinfra.operations import files
 
-from operations import dane
+from operations import dane, system
 from operations.context import certificate_changed, inventory, this_host
 from pkinfra import acme
+from pkinfra.agent import paths
+from pkinfra.install import entry_point
 from pkinfra.model import NEXT_SUFFIX, tlsa_owner
-from pkinfra.services import DELIVERY_AGENT, MAPPING_FILE, certificate_files
+from pkinfra.services import certificate_files
 
 inv = inventory()
 spec = this_host()
@@ -40,6 +42,8 @@ for pub in spec.tlsa:
     )
 published = {p["lineage"] for p in publications}
 acme_certs = [c for c in spec.certificates if c.is_acme]
+if acme_certs:
+    system.agent_once()  # the publisher and the rollover agent
 
 if publications:
     config = files.put(
@@ -47,12 +51,12 @@ if publications:
         src=StringIO(
             json.dumps(
                 {
-                    "tsig_key": "/etc/pkinfra/tsig.key",
+                    "tsig_key": paths.TSIG_KEY,
                     "ttl": inv.settings.shadow_zone.tlsa_ttl,
                     "timeout": 60,
-                    "rollover_dir": acme.ROLLOVER_DIR,
-                    "services_mapping": MAPPING_FILE,
-                    "seen_file": acme.DANE_SEEN,
+                    "rollover_dir": paths.ROLLOVER_DIR,
+                    "services_mapping": paths.SERVICES_MAPPING,
+                    "seen_file": paths.DANE_SEEN,
                     "publications": publications,
                 },
                 indent=1,
@@ -60,23 +64,23 @@ if publications:
             )
             + "\n"
         ),
-        dest=acme.DANE_CONFIG,
+        dest=paths.DANE_CONFIG,
         mode="0644",
         create_remote_dir=True,
     )
     files.put(
         name="TLSA publisher",
-        src=StringIO(acme.agent_wrapper("dane_publish", "TLSA publisher (deploys/dane.py)")),
-        dest=acme.DANE_PUBLISH,
+        src=StringIO(entry_point("dane_publish", "TLSA publisher (deploys/dane.py)")),
+        dest=paths.DANE_PUBLISH,
         mode="0755",
     )
     files.put(
         name="certbot deploy hook: TLSA",
         src=StringIO(
             "#!/bin/sh\n# pkinfra: publish the renewed certificate's TLSA records first\n"
-            f"exec {acme.DANE_PUBLISH} --config {acme.DANE_CONFIG}\n"
+            f"exec {paths.DANE_PUBLISH} --config {paths.DANE_CONFIG}\n"
         ),
-        dest=acme.DANE_DEPLOY_HOOK,
+        dest=paths.DANE_DEPLOY_HOOK,
         mode="0755",
         create_remote_dir=True,
     )
@@ -112,9 +116,14 @@ if acme_certs and inv.settings.acme is not None:
         src=StringIO(
             json.dumps(
                 {
-                    "state_dir": acme.ROLLOVER_DIR,
-                    "dane_config": acme.DANE_CONFIG,
-                    "delivery": ["python3", DELIVERY_AGENT, "--mapping", MAPPING_FILE],
+                    "state_dir": paths.ROLLOVER_DIR,
+                    "dane_config": paths.DANE_CONFIG,
+                    "delivery": [
+                        "python3",
+                        paths.DELIVERY_AGENT,
+                        "--mapping",
+                        paths.SERVICES_MAPPING,
+                    ],
                     "certificates": certificates,
                 },
                 indent=1,
@@ -122,14 +131,14 @@ if acme_certs and inv.settings.acme is not None:
             )
             + "\n"
         ),
-        dest=acme.ROLLOVER_CONFIG,
+        dest=paths.ROLLOVER_CONFIG,
         mode="0644",
         create_remote_dir=True,
     )
     files.put(
         name="Key rollover agent",
-        src=StringIO(acme.agent_wrapper("rollover", "key rollover (deploys/dane.py)")),
-        dest=acme.ROLLOVER,
+        src=StringIO(entry_point("rollover", "key rollover (deploys/dane.py)")),
+        dest=paths.ROLLOVER,
         mode="0755",
     )
     for cert in acme_certs:

@@ -20,9 +20,8 @@ from pyinfra.operations import server as server_ops
 from operations import dns, system
 from operations.context import inventory, this_host
 from pkinfra import publication, tsig, zones
+from pkinfra.agent import paths
 from pkinfra.model import Inventory
-
-HOST_KEY = "/etc/pkinfra/tsig.key"
 
 _sites: dict[int, zones.Site] = {}
 
@@ -141,19 +140,19 @@ dns.key_accepted(
 )
 if keys is not None:
     files.directory(
-        name="pkinfra directory", path="/etc/pkinfra", user="root", group="root", mode="0755"
+        name="pkinfra directory", path=paths.ETC_DIR, user="root", group="root", mode="0755"
     )
     dns.secret_file(
         name="This host's TSIG key",
         src=str(keys.installed.path),
-        path=HOST_KEY,
+        path=paths.TSIG_KEY,
         owner="root",
         group="root",
         mode="0600",
         make_key=keys.installed.name,
     )
 else:
-    files.file(name="No TSIG key without delegations", path=HOST_KEY, present=False)
+    files.file(name="No TSIG key without delegations", path=paths.TSIG_KEY, present=False)
 dns.rotation_recorded(
     name="TSIG key rotation: host switched",
     secrets_dir=str(inv.secrets_dir),

@@ -16,7 +16,7 @@ from operations import pki
 from operations.context import inventory, this_host, track_certificate_op
 from operations.facts import PkiDirInfo, PkiFiles, RolloverState
 from pkinfra import issue
-from pkinfra.acme import ROLLOVER_DIR
+from pkinfra.agent.paths import ROLLOVER_DIR
 from pkinfra.ca import CAError, CAStore
 from pkinfra.model import NEXT_SUFFIX, tlsa_owner, zone_of
 

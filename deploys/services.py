@@ -2,7 +2,7 @@
 and its mapping, the same ones certbot's deploy hook uses on renewals.
 """
 
-from operations import services
+from operations import services, system
 from operations.context import certificate_changed, inventory, this_host
 from pkinfra.services import mapping_json
 
@@ -10,6 +10,7 @@ site = inventory()
 spec = this_host()
 
 if spec.services:
+    system.agent_once()  # the delivery agent
     mapping = mapping_json(site, spec)
     acme_lineages = {s.certificate for s in spec.services} & {
         c.name for c in spec.certificates if c.is_acme

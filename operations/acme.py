@@ -11,13 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
-from io import BytesIO
 from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.api.command import FileUploadCommand
-from typing_extensions import override
 
 from operations.facts import (
     CertbotAccounts,
@@ -26,18 +24,11 @@ from operations.facts import (
     NginxServers,
     ProcessId,
 )
-from operations.util import q
+from operations.util import Upload, q, upload_atomic
 from pkinfra import acme
 from pkinfra import nginx as nginx_core
+from pkinfra.agent import paths
 from pkinfra.nginx import SITE, SNIPPET
-
-
-class _Bytes(BytesIO):
-    """Bytes to upload; its repr names their hash, not an object address (stable fixtures)."""
-
-    @override
-    def __repr__(self) -> str:
-        return f"<bytes sha256:{_sha256(self.getvalue())[:16]}>"
 
 
 def _announce(message: str) -> None:
@@ -74,16 +65,13 @@ def server_trust(pem: str, source: str, current: Any = None):
     """
     if "BEGIN CERTIFICATE" not in pem:
         raise OperationError(f"ACME server CA bundle {source}: no PEM certificate in it")
-    path = acme.TRUST_PATH
+    path = paths.ACME_SERVER_TRUST
     have = current if current is not None else host.get_fact(FileDigest, path)
     data = pem.encode()
     if isinstance(have, dict) and have["sha256"] == _sha256(data):
         host.noop(f"ACME server CA from {source} is trusted ({path})")
         return
-    staged = f"{path}.pkinfra-new"
-    yield f"mkdir -p {q(path.rpartition('/')[0])}"
-    yield FileUploadCommand(_Bytes(data), staged)
-    yield f"chmod 0644 {q(staged)} && mv -f {q(staged)} {q(path)}"
+    yield from upload_atomic(path, data, "0644")
     yield "update-ca-certificates >/dev/null"
 
 
@@ -230,9 +218,6 @@ def nginx(reload: bool = False, pid: int | None = None):
         )
 
 
-#: Where pkinfra stages its nginx files and keeps the previous ones while ``nginx -t`` runs
-#: (outside every directory nginx includes).
-NGINX_STAGE = "/etc/pkinfra/nginx-stage"
 _NGINX_RELOAD = (
     "if [ -d /run/systemd/system ]; then systemctl try-reload-or-restart nginx;"
     " elif pidof nginx >/dev/null; then nginx -s reload; fi"
@@ -255,11 +240,11 @@ def _refuse(state: Any, host: Any, lines: list[str]) -> bool:
 def _swap_script(changes: list[tuple[str, bytes | None]]) -> str:
     """Put pkinfra's staged files in place, check, and reload; on a failed check, put the
     previous files back (a broken configuration is never left for the next reload or boot)."""
-    stage, old = q(NGINX_STAGE), q(f"{NGINX_STAGE}/old")
+    stage, old = q(paths.NGINX_STAGE), q(f"{paths.NGINX_STAGE}/old")
     keep, install, restore = [], [], []
     for path, data in changes:
         name = path.rsplit("/", 1)[1]
-        saved, staged = q(f"{NGINX_STAGE}/old/{name}"), q(f"{NGINX_STAGE}/{name}")
+        saved, staged = q(f"{paths.NGINX_STAGE}/old/{name}"), q(f"{paths.NGINX_STAGE}/{name}")
         keep.append(f"if [ -e {q(path)} ]; then cp -p {q(path)} {saved}; fi")
         if data is None:
             install.append(f"rm -f {q(path)}")
@@ -330,11 +315,11 @@ def nginx_challenge(webroots: Sequence[str], names: Sequence[str], current: Any 
     if changes:
         what = ", ".join(f"{'remove' if d is None else 'write'} {p}" for p, d in changes)
         _announce(f"nginx HTTP-01: {what} ({plan.reason()})")
-        yield f"mkdir -p -m 0700 {q(NGINX_STAGE)} && mkdir -p {q(SNIPPET.rsplit('/', 1)[0])}"
+        yield f"mkdir -p -m 0700 {q(paths.NGINX_STAGE)} && mkdir -p {q(SNIPPET.rsplit('/', 1)[0])}"
         for path, data in changes:
             if data is not None:
-                staged = f"{NGINX_STAGE}/{path.rsplit('/', 1)[1]}"
-                yield FileUploadCommand(_Bytes(data), staged)
+                staged = f"{paths.NGINX_STAGE}/{path.rsplit('/', 1)[1]}"
+                yield FileUploadCommand(Upload(data), staged)
         yield _swap_script(changes)
     if plan.problems:
         for problem in plan.problems:

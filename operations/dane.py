@@ -8,7 +8,7 @@ from pyinfra.api import OperationError, operation
 from operations.context import announce
 from operations.facts import DaneServed, RolloverState
 from operations.util import q
-from pkinfra.acme import DANE_CONFIG, DANE_PUBLISH, ROLLOVER, ROLLOVER_CONFIG, ROLLOVER_DIR
+from pkinfra.agent.paths import DANE_CONFIG, DANE_PUBLISH, ROLLOVER, ROLLOVER_CONFIG, ROLLOVER_DIR
 
 
 @operation()

@@ -32,7 +32,7 @@ from operations.facts import (
     ProcessId,
     ZoneHeader,
 )
-from operations.util import ownership_fixes, q, run_staged, stage_secret
+from operations.util import install_staged, ownership_fixes, q, run_staged, stage_secret
 from pkinfra import tsig
 from pkinfra.dnsupdate import served_everywhere
 from pkinfra.zones import (
@@ -66,10 +66,7 @@ def _sha256(text: str) -> str:
 
 
 def _install(staged: str, path: str, owner: str, group: str, mode: str) -> str:
-    return (
-        f"chown {q(owner)}:{q(group)} {q(staged)} && chmod {mode} {q(staged)}"
-        f" && mv -f {q(staged)} {q(path)}"
-    )
+    return install_staged(staged, path, mode, owner, group)
 
 
 def _refuse(checker: str, what: str, staged: list[str]) -> str:

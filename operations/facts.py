@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -15,8 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyinfra.api import FactBase
 from typing_extensions import override
 
-from operations.util import key_type_from_text_pub, q
-from pkinfra.keys import KeyTypeError, key_type_of
+from operations.util import SPKI_HASH, q
+from pkinfra.keys import KeyTypeError, PublicKey, key_type_of, public_key_der, spki_sha256
 
 
 class PrivateKeyInfo(TypedDict):
@@ -35,10 +34,11 @@ class PrivateKey(FactBase[PrivateKeyInfo | bool | None]):
 
     @override
     def command(self, path: str) -> str:
-        # -text_pub prints the public half only, so the fact (shown by -vvv) holds no secret.
+        # -pubout prints the public half only, so the fact (shown by -vvv) holds no secret; its
+        # type is read on the controller. -passin pass: (empty): an encrypted key fails.
         return (
             f"if [ -e {q(path)} ]; then stat -L -c '%F|%a|%U|%G' {q(path)};"
-            f" openssl pkey -in {q(path)} -noout -text_pub 2>/dev/null | grep -v '^ ' || true; fi"
+            f" openssl pkey -passin pass: -in {q(path)} -pubout 2>/dev/null || true; fi"
         )
 
     @override
@@ -48,11 +48,12 @@ class PrivateKey(FactBase[PrivateKeyInfo | bool | None]):
         kind, mode, owner, group = output[0].split("|", 3)
         if kind != "regular file":
             return False
+        public = _public_key("\n".join(output[1:]))
         return {
             "mode": mode.rjust(4, "0"),
             "owner": owner,
             "group": group,
-            "key_type": key_type_from_text_pub("\n".join(output[1:])),
+            "key_type": _key_type(public) if public is not None else None,
         }
 
 
@@ -104,8 +105,8 @@ class PkiFilesInfo(TypedDict):
 class PkiFiles(FactBase[PkiFilesInfo]):
     """Certificate directories (key, certificate, chain files) and CA files, in one command.
 
-    For each directory: the key's mode, owner, type and public-key fingerprint (computed on the
-    host: the private key is read by openssl there and never printed), the certificate's serial,
+    For each directory: the key's mode, owner, type and public-key fingerprint (the private key
+    is read by openssl on the host, which prints its public half only), the certificate's serial,
     expiry, names, usages, issuer and key fingerprint, and the hashes of the chain files. For
     each file pattern: the SHA-256 of every matching file. Public data only.
     """
@@ -119,14 +120,13 @@ class PkiFiles(FactBase[PkiFilesInfo]):
         for pattern in files:
             if not _SAFE_PATTERN.fullmatch(pattern):
                 raise ValueError(f"unsafe file pattern {pattern!r}")
-        # The key is read by openssl here and only its public half is printed, with the SHA-256
-        # of its DER SubjectPublicKeyInfo (b). The certificate is public: it is printed as it is
-        # and parsed on the controller. One openssl call per directory, one sha256sum for its
+        # The key is read by openssl here and only its public half is printed; its type and
+        # fingerprint are read on the controller (pkinfra.keys, as for the certificate, which is
+        # public and printed as it is). One openssl call per directory, one sha256sum for its
         # files: the fact runs on every host and every run. e: echo without dash's escapes;
         # -passin pass: (empty): an encrypted key fails instead of prompting.
         head = [
             "e() { printf '%s\\n' \"$1\"; }",
-            "b() { sed -n '/-----BEGIN/,/-----END/{/-----/d;p}' | base64 -d | sha256sum; }",
         ]
         lines = [
             f"for d in {' '.join(q(d) for d in directories)}; do",
@@ -137,8 +137,7 @@ class PkiFiles(FactBase[PkiFilesInfo]):
             '  echo "key|$(stat -L -c \'%F|%a|%U|%G\' "$k")"',
             '  p=$(openssl pkey -passin pass: -in "$k" -pubout 2>/dev/null)',
             '  case "$p" in *BEGIN*)',
-            "   e \"$p\" | sed 's/^/kp|/'",
-            '   echo "kh|$(e "$p" | b)";;',
+            "   e \"$p\" | sed 's/^/kp|/';;",
             "  esac",
             " fi",
             " [ ! -f \"$d/cert.pem\" ] || { echo 'cert|'; sed 's/^/c|/' \"$d/cert.pem\"; }",
@@ -165,7 +164,10 @@ class PkiFiles(FactBase[PkiFilesInfo]):
             if current is None:
                 return
             if current["key"] is not None and key_pem:
-                current["key"]["key_type"] = _public_key_type("\n".join(key_pem))
+                public = _public_key("\n".join(key_pem))
+                if public is not None:
+                    current["key"]["key_type"] = _key_type(public)
+                    current["key"]["spki_sha256"] = spki_sha256(public)
             if cert_pem is not None:
                 current["cert"] = _certificate_info("\n".join(cert_pem))
 
@@ -193,8 +195,6 @@ class PkiFiles(FactBase[PkiFilesInfo]):
                 }
             elif tag == "kp":
                 key_pem.append(rest)
-            elif tag == "kh" and current["key"] is not None:
-                current["key"]["spki_sha256"] = rest.split(" ", 1)[0] or None
             elif tag == "cert":
                 cert_pem = []
             elif tag == "c" and cert_pem is not None:
@@ -206,23 +206,49 @@ class PkiFiles(FactBase[PkiFilesInfo]):
         return result
 
 
-def _public_key_type(pem: str) -> str | None:
+def _public_key(pem: str) -> PublicKey | None:
+    """The public key a host printed (never a private key); None when unreadable."""
     try:
-        return key_type_of(serialization.load_pem_public_key(pem.encode()))
-    except (ValueError, KeyTypeError):
+        public = serialization.load_pem_public_key(pem.encode())
+    except ValueError:
         return None
+    return public  # type: ignore[return-value]
+
+
+def _key_type(public: PublicKey) -> str | None:
+    try:
+        return key_type_of(public)
+    except KeyTypeError:
+        return None
+
+
+def _load_certificate(pem: str) -> x509.Certificate | None:
+    """The first certificate of a PEM file a host printed (public); None when there is none."""
+    try:
+        return x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+
+
+def _dns_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+
+
+def _issuer(cert: x509.Certificate) -> str:
+    """The issuer's CN, or its whole DN when it has none."""
+    common = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(common[0].value) if common else cert.issuer.rfc4514_string()
 
 
 def _certificate_info(pem: str) -> PkiCertInfo | bool:
     """The first certificate of a PEM file, as the certificate operation compares it; False
     when there is none."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        names = []
-    except ValueError:
+    cert = _load_certificate(pem)
+    if cert is None:
         return False
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -234,16 +260,13 @@ def _certificate_info(pem: str) -> PkiCertInfo | bool:
         key_id = aki.key_identifier.hex() if aki.key_identifier else None
     except x509.ExtensionNotFound:
         key_id = None
-    common = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = public_key_der(cert)
     return {
         "serial": f"{cert.serial_number:x}",
         "not_after": cert.not_valid_after_utc.isoformat(),
-        "names": names,
+        "names": _dns_names(cert),
         "usages": usages,
-        "issuer": str(common[0].value) if common else cert.issuer.rfc4514_string(),
+        "issuer": _issuer(cert),
         "issuer_key_id": key_id,
         "spki_sha256": hashlib.sha256(spki).hexdigest(),
     }
@@ -285,6 +308,27 @@ class FileDigest(FactBase[FileDigestInfo | bool | None]):
             "owner": owner,
             "group": group,
         }
+
+
+class AgentFiles(FactBase[dict[str, str]]):
+    """The SHA-256 of every ``*.py`` file under the agents' directory, by path below it
+    (``pkinfra/agent/delivery.py``); empty when the directory is absent."""
+
+    @override
+    def command(self, directory: str) -> str:
+        return (
+            f"if [ -d {q(directory)} ]; then cd {q(directory)} &&"
+            " find . -type f -name '*.py' -exec sha256sum {} +; fi"
+        )
+
+    @override
+    def process(self, output: list[str]) -> dict[str, str]:
+        found = {}
+        for line in output:
+            digest, _, path = line.partition("  ")
+            if path.startswith("./"):
+                found[path[2:]] = digest
+        return found
 
 
 class ZoneHeaderInfo(TypedDict):
@@ -440,8 +484,9 @@ class CertbotLineage(FactBase[Any]):
     """A certbot lineage: its renewal configuration and the live certificate (public data only).
 
     Returns None when neither ``renewal/<name>.conf`` nor ``live/<name>/`` exists, else a
-    ``pkinfra.acme.LineageInfo``. The key's public half is hashed on the host; the renewal
-    configuration names an account id and hooks, never a secret.
+    ``pkinfra.acme.LineageInfo``. The certificate (public) is printed as it is and read here;
+    the key's public half is hashed on the host; the renewal configuration names an account id
+    and hooks, never a secret.
     """
 
     @override
@@ -455,12 +500,10 @@ class CertbotLineage(FactBase[Any]):
                 "echo '@lineage'",
                 f"[ ! -f {conf} ] || sed 's/^/r|/' {conf}",
                 f"if [ -f {cert} ]; then",
-                f" openssl x509 -in {cert} -noout -startdate -enddate -nameopt RFC2253 -issuer"
-                " -ext subjectAltName 2>/dev/null | sed 's/^/c|/'",
+                f" sed 's/^/c|/' {cert}",
                 "fi",
                 f"if [ -f {key} ]; then",
-                f' echo "k|$(openssl pkey -in {key} -pubout 2>/dev/null'
-                ' | openssl pkey -pubin -outform DER 2>/dev/null | sha256sum | cut -c1-64)"',
+                f' echo "k|$( (openssl pkey -in {key} -pubout | {SPKI_HASH}) 2>/dev/null)"',
                 "fi",
                 "true",
             ]
@@ -493,40 +536,16 @@ class CertbotLineage(FactBase[Any]):
                 # The hash of empty input: openssl could not read the key.
                 empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
                 spki = rest if rest and rest != empty else None
-        info = _parse_acme_x509(cert)
-        return {"renewal": renewal, "webroot_map": webroot_map, **info, "key_spki_sha256": spki}
-
-
-def _parse_acme_x509(lines: list[str]) -> dict[str, Any]:
-    fields: dict[str, str] = {}
-    san = ""
-    in_san = False
-    for line in lines:
-        if line.startswith("X509v3 Subject Alternative Name"):
-            in_san = True
-        elif in_san and line.startswith(" "):
-            san += line.strip()
-        elif "=" in line:
-            in_san = False
-            key, _, value = line.partition("=")
-            fields[key] = value
-
-    def when(key: str) -> str | None:
-        try:
-            parsed = dt.datetime.strptime(fields[key], "%b %d %H:%M:%S %Y %Z")
-        except (KeyError, ValueError):
-            return None
-        return parsed.replace(tzinfo=dt.UTC).isoformat()
-
-    issuer = fields.get("issuer")
-    cn = re.search(r"(?:^|,)CN=((?:[^,\\]|\\.)*)", issuer) if issuer else None
-    names = [n.strip()[4:].lower() for n in san.split(",") if n.strip().startswith("DNS:")]
-    return {
-        "names": names if "notAfter" in fields else None,
-        "not_before": when("notBefore"),
-        "not_after": when("notAfter"),
-        "issuer": (cn.group(1) if cn else issuer) if issuer else None,
-    }
+        live = _load_certificate("\n".join(cert)) if cert else None
+        return {
+            "renewal": renewal,
+            "webroot_map": webroot_map,
+            "names": _dns_names(live) if live else None,
+            "not_before": live.not_valid_before_utc.isoformat() if live else None,
+            "not_after": live.not_valid_after_utc.isoformat() if live else None,
+            "issuer": _issuer(live) if live else None,
+            "key_spki_sha256": spki,
+        }
 
 
 class CertbotAccounts(FactBase[Any]):

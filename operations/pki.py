@@ -24,15 +24,18 @@ from operations.context import announce, run_on_host, upload_to_host
 from operations.facts import DirectoryFiles, PkiDirInfo, PkiFiles, PrivateKey, RolloverState
 from operations.util import (
     GENPKEY_ARGS,
-    SPKI_HASH,
     csr_command,
     genpkey,
     install_command,
+    install_staged,
+    key_matches_command,
     new_name,
     ownership_fixes,
     q,
+    upload_atomic,
 )
 from pkinfra import dnsupdate, issue
+from pkinfra.agent import paths
 from pkinfra.ca import CAError, CAStore, PassphraseSource
 
 
@@ -119,10 +122,7 @@ def _sha256(data: bytes) -> str:
 
 def _upload(path: str, content: bytes, mode: str = "0644") -> Iterator[Any]:
     """Commands that write ``content`` beside ``path`` and rename it into place (never diffed)."""
-    directory = path.rpartition("/")[0]
-    yield f"mkdir -p {q(directory)}"
-    yield FileUploadCommand(BytesIO(content), new_name(path))
-    yield f"chmod {mode} {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
+    yield from upload_atomic(path, content, mode)
 
 
 def _publish(state: Any, host: Any, path: str, read: Callable[[], bytes | None], what: str) -> bool:
@@ -137,9 +137,7 @@ def _publish(state: Any, host: Any, path: str, read: Callable[[], bytes | None],
     ok, _ = run_on_host(state, host, StringCommand("mkdir", "-p", directory))
     if not ok or not upload_to_host(state, host, BytesIO(content), new_name(path)):
         return _fail(state, host, f"{what}: cannot write {path}")
-    ok, _ = run_on_host(
-        state, host, f"chmod 0644 {q(new_name(path))} && mv -f {q(new_name(path))} {q(path)}"
-    )
+    ok, _ = run_on_host(state, host, install_staged(new_name(path), path, "0644"))
     return bool(ok) or _fail(state, host, f"{what}: cannot rename into {path}")
 
 
@@ -752,7 +750,6 @@ def crls(
 # -- key rollover of a CA-issued certificate ----------------------------------------------------
 
 ROLLOVER_STEPS = ("issued", "published", "switched")
-PENDING_DIR = "/var/lib/pkinfra/pending"
 
 
 @operation()
@@ -838,7 +835,7 @@ def key_rollover(
     next_dir = f"{directory}/next"
     nxt = _dir_info(next_dir, next_current)["key"]
     if step == "switched":
-        pending = host.get_fact(DirectoryFiles, directory=PENDING_DIR) or []
+        pending = host.get_fact(DirectoryFiles, directory=paths.PENDING_DIR) or []
         waiting = sorted(set(services) & set(pending))
         if waiting:
             host.noop(
@@ -923,11 +920,7 @@ def _switch_command(directory: str, next_dir: str) -> str:
     copies = " && ".join(
         f"cp -p {q(f'{next_dir}/{f}')} {q(new_name(f'{directory}/{f}'))}" for f in files
     )
-    key_new, cert_new = q(new_name(f"{directory}/key.pem")), q(new_name(f"{directory}/cert.pem"))
-    check = (
-        f'[ "$(openssl x509 -in {cert_new} -noout -pubkey | {SPKI_HASH})"'
-        f' = "$(openssl pkey -in {key_new} -pubout | {SPKI_HASH})" ]'
-    )
+    check = key_matches_command(new_name(f"{directory}/key.pem"), new_name(f"{directory}/cert.pem"))
     moves = " && ".join(
         f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files
     )

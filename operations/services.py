@@ -1,26 +1,24 @@
 """Operations that put certificate files into services and notify them (through the host's
-delivery agent, ``pkinfra.delivery``, which certbot's deploy hook runs on renewals too).
+delivery agent, ``pkinfra.agent.delivery``, which certbot's deploy hook runs on renewals too;
+``system.agent`` installs it).
 """
 
 from __future__ import annotations
 
 import hashlib
-from io import BytesIO
-from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import operation
 
+from operations import system
 from operations.context import announce
 from operations.facts import DeliveryPlan, FileDigest
-from operations.util import q
-from pkinfra import delivery
-from pkinfra.services import DELIVERY_AGENT, DEPLOY_HOOK, MAPPING_FILE
+from operations.util import q, upload_atomic
+from pkinfra.agent import paths
 
-AGENT_SOURCE = Path(delivery.__file__).read_bytes()
 HOOK_SCRIPT = (
     "#!/bin/sh\n# pkinfra: deliver renewed certificates into services (certbot deploy hook)\n"
-    f"exec python3 {DELIVERY_AGENT} --mapping {MAPPING_FILE}\n"
+    f"exec python3 {paths.DELIVERY_AGENT} --mapping {paths.SERVICES_MAPPING}\n"
 ).encode()
 
 
@@ -33,13 +31,7 @@ def _upload(path: str, data: bytes, mode: str):
     have = host.get_fact(FileDigest, path=path)
     if isinstance(have, dict) and have["sha256"] == _sha(data) and have["mode"] == mode:
         return False, []
-    tmp = f"{path}.pkinfra-new"
-    parent = str(Path(path).parent)
-    return True, [
-        f"mkdir -p {q(parent)}",
-        FileUploadCommand(BytesIO(data), tmp),
-        f"chmod {mode} {q(tmp)} && chown root:root {q(tmp)} && mv -f {q(tmp)} {q(path)}",
-    ]
+    return True, upload_atomic(path, data, mode, "root", "root")
 
 
 @operation()
@@ -61,20 +53,20 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
         services.delivered(mapping=mapping_json(inventory, spec), deploy_hook=True)
     """
     if after_change:
-        yield f"python3 {q(DELIVERY_AGENT)} --mapping {q(MAPPING_FILE)}"
+        yield f"python3 {q(paths.DELIVERY_AGENT)} --mapping {q(paths.SERVICES_MAPPING)}"
         return
     commands = []
     reasons = []
-    agent_changed, cmds = _upload(DELIVERY_AGENT, AGENT_SOURCE, "0755")
-    commands += cmds
+    # system.agent (earlier in the run) installs it: the plan would run the old agent.
+    agent_changed = bool(system.agent_changes()[0])
     if agent_changed:
         reasons.append("delivery agent installed or updated")
-    map_changed, cmds = _upload(MAPPING_FILE, mapping.encode(), "0644")
+    map_changed, cmds = _upload(paths.SERVICES_MAPPING, mapping.encode(), "0644")
     commands += cmds
     if map_changed:
         reasons.append("mapping changed")
     if deploy_hook:
-        hook_changed, cmds = _upload(DEPLOY_HOOK, HOOK_SCRIPT, "0755")
+        hook_changed, cmds = _upload(paths.DELIVERY_DEPLOY_HOOK, HOOK_SCRIPT, "0755")
         commands += cmds
         if hook_changed:
             reasons.append("certbot deploy hook installed")
@@ -82,7 +74,7 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
     plan = (
         None
         if agent_changed
-        else host.get_fact(DeliveryPlan, agent=DELIVERY_AGENT, mapping=mapping)
+        else host.get_fact(DeliveryPlan, agent=paths.DELIVERY_AGENT, mapping=mapping)
     )
     deliver = agent_changed or plan is None
     for svc in (plan or {}).get("services", []):
@@ -114,4 +106,4 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
         announce("services: " + "; ".join(reasons))
     yield from commands
     if deliver:
-        yield f"python3 {q(DELIVERY_AGENT)} --mapping {q(MAPPING_FILE)}"
+        yield f"python3 {q(paths.DELIVERY_AGENT)} --mapping {q(paths.SERVICES_MAPPING)}"

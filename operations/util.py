@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import shlex
+from io import BytesIO
 
-# openssl genpkey arguments for each key type of the model (pkinfra.model.KEY_TYPES).
-GENPKEY_ARGS: dict[str, tuple[str, ...]] = {
-    "ec-p256": ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"),
-    "ec-p384": ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"),
-    "rsa-2048": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"),
-    "rsa-3072": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"),
-    "rsa-4096": ("-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"),
-    "ed25519": ("-algorithm", "ED25519"),
-}
+from pyinfra.api import FileUploadCommand
+from typing_extensions import override
+
+from pkinfra.keys import KEY_TYPES, genpkey_args
+
+#: openssl genpkey arguments for each key type (pkinfra.keys says which and how).
+GENPKEY_ARGS: dict[str, tuple[str, ...]] = {k: tuple(genpkey_args(k)) for k in KEY_TYPES}
 
 
 def q(value: str) -> str:
@@ -46,20 +46,6 @@ def genpkey(path: str, key_type: str, owner: str = "root", group: str = "root") 
     )
 
 
-def key_type_from_text_pub(text: str) -> str | None:
-    """Map ``openssl pkey -noout -text_pub`` output to a model key type (None: unknown)."""
-    if "ED25519 Public-Key" in text:
-        return "ed25519"
-    if "prime256v1" in text or "P-256" in text:
-        return "ec-p256"
-    if "secp384r1" in text or "P-384" in text:
-        return "ec-p384"
-    for bits in ("2048", "3072", "4096"):
-        if f"Public-Key: ({bits} bit)" in text and "Modulus" in text:
-            return f"rsa-{bits}"
-    return None
-
-
 # -- private PKI: certificate directories -------------------------------------------------------
 
 #: Shell: hex SHA-256 of the DER SubjectPublicKeyInfo of the PEM public key on stdin.
@@ -89,6 +75,16 @@ def stage_secret(path: str) -> str:
     )
 
 
+def key_matches_command(key: str, cert: str) -> str:
+    """Shell test, true when the private key file ``key`` is the key of the certificate file
+    ``cert``: their public keys are compared on the host, nothing of the key is printed (the
+    Python side of the same check is ``pkinfra.keys.key_matches``)."""
+    return (
+        f'[ "$(openssl x509 -in {q(cert)} -noout -pubkey | {SPKI_HASH})"'
+        f' = "$(openssl pkey -in {q(key)} -pubout | {SPKI_HASH})" ]'
+    )
+
+
 def new_name(path: str) -> str:
     """Where a file is written before it is renamed over ``path`` (same directory)."""
     head, _, tail = path.rpartition("/")
@@ -113,14 +109,39 @@ def install_command(directory: str, files: list[str], *, check_cert: bool) -> st
     With ``check_cert``, nothing is renamed unless the new cert.pem matches key.pem, so the live
     paths never hold a certificate that does not match its key.
     """
-    d = q(directory)
     news = " ".join(q(new_name(f"{directory}/{f}")) for f in files)
     steps = [f"chmod 0644 {news}"]
     if check_cert:
-        new_cert = q(new_name(f"{directory}/cert.pem"))
-        steps.append(
-            f'[ "$(openssl x509 -in {new_cert} -noout -pubkey | {SPKI_HASH})"'
-            f' = "$(openssl pkey -in {d}/key.pem -pubout | {SPKI_HASH})" ]'
-        )
+        steps.append(key_matches_command(f"{directory}/key.pem", new_name(f"{directory}/cert.pem")))
     steps += [f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files]
     return " && ".join(steps)
+
+
+class Upload(BytesIO):
+    """Bytes to upload; its repr names their hash, not an object address (stable fixtures)."""
+
+    @override
+    def __repr__(self) -> str:
+        return f"<bytes sha256:{hashlib.sha256(self.getvalue()).hexdigest()[:16]}>"
+
+
+def install_staged(
+    staged: str, path: str, mode: str, owner: str | None = None, group: str | None = None
+) -> str:
+    """Give a file written beside ``path`` its owner and mode, then rename it over ``path``."""
+    own = f"chown {q(owner or 'root')}:{q(group or 'root')} {q(staged)} && " if owner else ""
+    return f"{own}chmod {mode} {q(staged)} && mv -f {q(staged)} {q(path)}"
+
+
+def upload_atomic(
+    path: str, data: bytes, mode: str, owner: str | None = None, group: str | None = None
+) -> list[str | FileUploadCommand]:
+    """Commands that upload a non-secret file beside ``path`` (``new_name``) and rename it into
+    place: the file never exists half-written or with another mode under its name. Never
+    diffed; a secret goes through ``context.upload_private_to_host`` instead."""
+    staged = new_name(path)
+    return [
+        f"mkdir -p {q(path.rpartition('/')[0] or '/')}",
+        FileUploadCommand(Upload(data), staged),
+        install_staged(staged, path, mode, owner, group),
+    ]

@@ -27,21 +27,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# Controller only: no agent file imports this module (the agent's own code is AGENT_FILES).
+# Controller only: no agent file imports this module (pkinfra.install says which do).
+from pkinfra.agent import paths
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.ca import DNSConstraints, build_ca_certificate
+from pkinfra.install import entry_point
 from pkinfra.keys import generate_private_key
-
-HOOK = "/usr/local/bin/pkinfra-certbot-hook"
-HOOK_CONFIG = "/etc/pkinfra/acme-hook.conf"
-LIB_DIR = "/usr/local/lib/pkinfra"
-#: Where a non-public ACME server's TLS CA joins the system store (what certbot's requests use on
-#: Debian, also for a renewal started by cron in a clean environment).
-TRUST_PATH = "/usr/local/share/ca-certificates/pkinfra-acme-server.crt"
 
 _CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
 
 
-class AcmeError(Exception):
+class AcmeError(PkinfraError):
     """A controller-side ACME problem; the text names the file or certificate."""
 
 
@@ -150,9 +146,9 @@ def certonly_args(
             "--preferred-challenges",
             "dns",
             "--manual-auth-hook",
-            f"{HOOK} auth",
+            f"{paths.HOOK} auth",
             "--manual-cleanup-hook",
-            f"{HOOK} cleanup",
+            f"{paths.HOOK} cleanup",
         ]
     else:
         raise AcmeError(f"certificate {cert_name}: unknown challenge {challenge!r}")
@@ -286,9 +282,9 @@ def _renewal_drift(
         return ""
     if renewal.get("authenticator") != "manual":
         return f"authenticator {renewal.get('authenticator')}, wanted manual with pkinfra's hook"
-    if renewal.get("manual_auth_hook") != f"{HOOK} auth":
+    if renewal.get("manual_auth_hook") != f"{paths.HOOK} auth":
         return "auth hook is not pkinfra's"
-    if renewal.get("manual_cleanup_hook") != f"{HOOK} cleanup":
+    if renewal.get("manual_cleanup_hook") != f"{paths.HOOK} cleanup":
         return "cleanup hook is not pkinfra's"
     return ""
 
@@ -317,38 +313,7 @@ def hook_config(
 
 def hook_wrapper() -> str:
     """The DNS-01 hook's entry point in /usr/local/bin."""
-    return agent_wrapper("certbot_hook", "certbot's DNS-01 hook (deploys/acme.py)")
-
-
-#: The controller files that make up the agent on a host, relative to the repository root,
-#: and where each goes under LIB_DIR.
-AGENT_FILES = (
-    "pkinfra/agent/__init__.py",
-    "pkinfra/agent/certbot_hook.py",
-    "pkinfra/agent/dane_publish.py",
-    "pkinfra/agent/rollover.py",
-    "pkinfra/dnsupdate.py",
-    "pkinfra/tlsa.py",
-)
-DANE_PUBLISH = "/usr/local/bin/pkinfra-dane-publish"
-DANE_CONFIG = "/etc/pkinfra/dane.json"
-DANE_DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/40-pkinfra-dane"
-DANE_SEEN = "/var/lib/pkinfra/dane-seen.json"
-ROLLOVER = "/usr/local/bin/pkinfra-rollover"
-ROLLOVER_CONFIG = "/etc/pkinfra/rollover.json"
-ROLLOVER_DIR = "/etc/pkinfra/rollover"
-
-
-def agent_wrapper(module: str, what: str) -> str:
-    """An agent entry point in /usr/local/bin: the host's python3, pkinfra's files only."""
-    return (
-        "#!/usr/bin/python3 -I\n"
-        f"# Written by pkinfra: {what}.\n"
-        "import sys\n\n"
-        f'sys.path.insert(0, "{LIB_DIR}")\n'
-        f"from pkinfra.agent.{module} import main  # noqa: E402\n\n"
-        "sys.exit(main())\n"
-    )
+    return entry_point("certbot_hook", "certbot's DNS-01 hook (deploys/acme.py)")
 
 
 # -- the lab's Pebble TLS CA ------------------------------------------------------------------

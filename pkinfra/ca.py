@@ -41,12 +41,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pkinfra import names as dns_names
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import fsync_dir, write_atomic
 from pkinfra.keys import (
     KeyType,
     KeyTypeError,
     PrivateKey,
     PublicKey,
     generate_private_key,
+    key_matches,
     key_type_of,
     signature_hash,
     spki_sha256,
@@ -71,7 +74,7 @@ _BACKDATE: Final = dt.timedelta(minutes=5)
 _CA_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # always fullmatch
 
 
-class CAError(Exception):
+class CAError(PkinfraError):
     """Any failure of the CA store, with what was being done, on which CA and which file.
 
     The message never contains key material or a passphrase.
@@ -85,7 +88,7 @@ class CAError(Exception):
         path: Path | str | None = None,
         action: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, ca=ca, path=path, action=action)
         self.message = message
         self.ca = ca
         self.path = None if path is None else Path(path)
@@ -255,7 +258,7 @@ def _name_constraints_extension(constraints: DNSConstraints) -> x509.NameConstra
 
 
 @dataclass(frozen=True)
-class Record:
+class IssuedRecord:
     """One certificate a CA issued, as its record says (no certificate parsing needed)."""
 
     ca: str
@@ -294,7 +297,7 @@ class Record:
         return self.status_at(_now())
 
 
-def _record_line(record: Record) -> dict[str, Any]:
+def _record_line(record: IssuedRecord) -> dict[str, Any]:
     return {
         "event": "issued",
         "serial": record.serial_hex,
@@ -313,8 +316,8 @@ def _record_line(record: Record) -> dict[str, Any]:
     }
 
 
-def _record_from_line(ca: str, line: dict[str, Any]) -> Record:
-    return Record(
+def _record_from_line(ca: str, line: dict[str, Any]) -> IssuedRecord:
+    return IssuedRecord(
         ca=ca,
         serial=int(line["serial"], 16),
         kind=line["kind"],
@@ -338,7 +341,7 @@ class _Index:
 
     inode: int = -1
     offset: int = 0
-    records: dict[int, Record] = field(default_factory=dict)
+    records: dict[int, IssuedRecord] = field(default_factory=dict)
 
     def refresh(self, ca: str, path: Path) -> None:
         try:
@@ -415,7 +418,7 @@ class Issued:
     cert_pem: bytes
     chain_pem: bytes  # intermediates, issuing CA first; the root left out
     bundle_pem: bytes  # the intermediates and the root
-    record: Record
+    record: IssuedRecord
 
     @property
     def fullchain_pem(self) -> bytes:
@@ -432,32 +435,6 @@ class _LoadedCA:
 
 
 # --- file helpers ----------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes, mode: int = 0o644, *, sync_dir: bool = True) -> None:
-    """Write beside, fsync, rename over: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if sync_dir:
-        _fsync_dir(path.parent)
 
 
 def _make_dir(path: Path) -> None:
@@ -1086,12 +1063,12 @@ class CAStore:
             try:
                 _make_dir(staging)
                 _make_dir(staging / CERTS_DIR)
-                _write_file(staging / KEY_FILE, key_pem, 0o600, sync_dir=False)
-                _write_file(staging / CERT_FILE, _pem(cert), sync_dir=False)
-                _write_file(staging / META_FILE, meta_bytes, sync_dir=False)
-                _write_file(staging / RECORD_FILE, b"", 0o600, sync_dir=False)
-                _fsync_dir(staging / CERTS_DIR)
-                _fsync_dir(staging)
+                write_atomic(staging / KEY_FILE, key_pem, 0o600, sync_dir=False)
+                write_atomic(staging / CERT_FILE, _pem(cert), sync_dir=False)
+                write_atomic(staging / META_FILE, meta_bytes, sync_dir=False)
+                write_atomic(staging / RECORD_FILE, b"", 0o600, sync_dir=False)
+                fsync_dir(staging / CERTS_DIR)
+                fsync_dir(staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -1099,7 +1076,7 @@ class CAStore:
                 aside = f".{name}.replaced-{_now():%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
                 os.rename(final, self.directory / aside)
             os.rename(staging, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._indexes.pop(name, None)
 
     # issuing
@@ -1173,7 +1150,7 @@ class CAStore:
         cert_name: str,
         kind: str,
         action: str,
-    ) -> tuple[x509.Certificate, Record]:
+    ) -> tuple[x509.Certificate, IssuedRecord]:
         """Allocate a serial unique in the CA's record, build the certificate with it, write it
         and its record line durably: all under the CA's lock, nothing that yields inside."""
         path = self._ca_dir(issuer.name)
@@ -1186,12 +1163,14 @@ class CAStore:
             record = _record_of(issuer.name, cert, host=host, cert_name=cert_name, kind=kind)
             # Certificate file first: a record line must never point at a missing file.
             with _io_errors(issuer.name, path, action):
-                _write_file(path / record.file, _pem(cert))
+                write_atomic(path / record.file, _pem(cert))
                 _append_lines(path / RECORD_FILE, [_record_line(record)])
             self._refreshed(issuer.name)
         return cert, record
 
-    def adopt_issued(self, ca_name: str, entries: Iterable[tuple[bytes, str, str]]) -> list[Record]:
+    def adopt_issued(
+        self, ca_name: str, entries: Iterable[tuple[bytes, str, str]]
+    ) -> list[IssuedRecord]:
         """Record certificates the CA issued outside the store, as (PEM, host, cert name).
 
         For a CA imported with certificates already out there (so they can be listed and
@@ -1214,7 +1193,7 @@ class CAStore:
             parsed.append((cert, host, cert_name))
         with _locked(path / LOCK_FILE):
             index = self._refreshed(ca_name)
-            records: list[Record] = []
+            records: list[IssuedRecord] = []
             for cert, host, cert_name in parsed:
                 if cert.serial_number in index.records:
                     raise CAError(
@@ -1226,8 +1205,8 @@ class CAStore:
                 records.append(_record_of(ca_name, cert, host=host, cert_name=cert_name, kind=kind))
             with _io_errors(ca_name, path, action):
                 for record, (cert, _, _) in zip(records, parsed, strict=True):
-                    _write_file(path / record.file, _pem(cert), sync_dir=False)
-                _fsync_dir(path / CERTS_DIR)
+                    write_atomic(path / record.file, _pem(cert), sync_dir=False)
+                fsync_dir(path / CERTS_DIR)
                 _append_lines(path / RECORD_FILE, [_record_line(r) for r in records])
             self._refreshed(ca_name)
         return records
@@ -1241,15 +1220,15 @@ class CAStore:
             index.refresh(name, path / RECORD_FILE)
             return index
 
-    def list_issued(self, ca_name: str | None = None) -> list[Record]:
+    def list_issued(self, ca_name: str | None = None) -> list[IssuedRecord]:
         """Every recorded certificate (of one CA or all), in issuance order per CA."""
         names = [ca_name] if ca_name is not None else self.names()
-        out: list[Record] = []
+        out: list[IssuedRecord] = []
         for name in names:
             out.extend(self._refreshed(name).records.values())
         return out
 
-    def get_record(self, ca_name: str, serial: int | str) -> Record:
+    def get_record(self, ca_name: str, serial: int | str) -> IssuedRecord:
         number = parse_serial(serial)
         record = self._refreshed(ca_name).records.get(number)
         if record is None:
@@ -1267,7 +1246,7 @@ class CAStore:
 
     def find_current(
         self, host: str, cert_name: str, *, ca_name: str | None = None
-    ) -> Record | None:
+    ) -> IssuedRecord | None:
         """The newest valid (not revoked, not expired) certificate recorded for a host's
         certificate `cert_name`, or None."""
         now = _now()
@@ -1284,7 +1263,7 @@ class CAStore:
 
     def revoke(
         self, ca_name: str, serial: int | str, reason: str | x509.ReasonFlags = "unspecified"
-    ) -> Record:
+    ) -> IssuedRecord:
         """Mark a certificate revoked in the record (durably). Revoking twice changes nothing.
         The CRL carries it once `crl()` is next called."""
         action = "revoking"
@@ -1338,7 +1317,7 @@ class CAStore:
             crl = builder.sign(issuer.key, signature_hash(key_type_of(issuer.key)))
             pem = crl.public_bytes(serialization.Encoding.PEM)
             with _io_errors(ca_name, path, action):
-                _write_file(path / CRL_FILE, pem)
+                write_atomic(path / CRL_FILE, pem)
         return pem
 
     def current_crl(self, ca_name: str) -> bytes | None:
@@ -1551,10 +1530,12 @@ def _check_ca_current(issuer: _LoadedCA, now: dt.datetime, action: str) -> None:
             )
 
 
-def _record_of(ca: str, cert: x509.Certificate, *, host: str, cert_name: str, kind: str) -> Record:
+def _record_of(
+    ca: str, cert: x509.Certificate, *, host: str, cert_name: str, kind: str
+) -> IssuedRecord:
     public_key = _public_key(cert)
     serial = cert.serial_number
-    return Record(
+    return IssuedRecord(
         ca=ca,
         serial=serial,
         kind=kind,
@@ -1573,7 +1554,7 @@ def _record_of(ca: str, cert: x509.Certificate, *, host: str, cert_name: str, ki
     )
 
 
-def _revoked_entry(record: Record) -> x509.RevokedCertificate:
+def _revoked_entry(record: IssuedRecord) -> x509.RevokedCertificate:
     assert record.revoked_at is not None
     builder = (
         x509.RevokedCertificateBuilder()
@@ -1671,7 +1652,7 @@ def _parse_private_key(
 def _check_key_matches(
     name: str, cert: x509.Certificate, key: PrivateKey, path: Path | None, action: str
 ) -> None:
-    if spki_sha256(key.public_key()) != spki_sha256(_public_key(cert)):
+    if not key_matches(key, cert):
         raise CAError(
             "the CA certificate does not match its key", ca=name, path=path, action=action
         )

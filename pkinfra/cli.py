@@ -11,11 +11,13 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from pkinfra.agent.errors import PkinfraError
+
 #: Modules that add a sub-command group; a group whose module is not there yet is left out.
 GROUPS = ("pkinfra.cli_ca", "pkinfra.cli_dns", "pkinfra.cli_dane", "pkinfra.cli_status")
 
 
-class CLIError(Exception):
+class CLIError(PkinfraError):
     """A problem to report to the user in one line."""
 
 
@@ -48,14 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except CLIError as exc:
+    except PkinfraError as exc:  # the core's own errors carry their context
         print(f"pkinfra: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # the core's own errors carry their context
-        if type(exc).__module__.startswith("pkinfra."):
-            print(f"pkinfra: {exc}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import dns.rdatatype
 
 from pkinfra import dane, issue, status, tlsa
 from pkinfra.agent import status_probe
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import write_atomic
 from pkinfra.model import HostSpec, Inventory, read_group_data, tlsa_owner
 
 #: Host data keys that say how pyinfra reaches a host.
@@ -50,7 +52,7 @@ CONNECTION_KEYS = (
 )
 
 
-class StatusError(Exception):
+class StatusError(PkinfraError):
     """A host could not be read; the text says which and why (never a secret)."""
 
 
@@ -405,9 +407,9 @@ def status_command(args: argparse.Namespace) -> int:
         hosts=hosts,
     )
     if args.html:
-        status.write_atomic(Path(args.html), status.to_html(report))
+        write_atomic(Path(args.html), status.to_html(report).encode())
     if args.prometheus:
-        status.write_atomic(Path(args.prometheus), status.to_prometheus(report))
+        write_atomic(Path(args.prometheus), status.to_prometheus(report).encode())
     if args.json:
         print(json.dumps(status.to_json(report), indent=2, sort_keys=False))
     else:
@@ -498,7 +500,7 @@ def schedule_command(args: argparse.Namespace) -> int:
     units = render_schedule(**common, on_calendar=args.on_calendar, user=args.user)
     if args.write:
         for name, text in units.items():
-            status.write_atomic(Path(args.write) / name, text)
+            write_atomic(Path(args.write) / name, text.encode())
             print(f"wrote {Path(args.write) / name}")
         print("then: systemctl daemon-reload && systemctl enable --now pkinfra-site.timer")
         return 0

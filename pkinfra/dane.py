@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.x509 import verification
 
 from pkinfra import tlsa
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.tlsa import USAGES, TLSARecord
 
 STARTTLS = ("smtp", "imap", "pop3", "postgres")
@@ -48,7 +49,7 @@ class Verdict(enum.IntEnum):
     FAILURE = 3
 
 
-class DaneError(Exception):
+class DaneError(PkinfraError):
     """The check could not be carried out (connection, DNS failure): verdict FAILURE."""
 
 

@@ -47,6 +47,8 @@ import dns.resolver
 import dns.tsig
 import dns.update
 
+from pkinfra.agent.errors import PkinfraError
+
 log = logging.getLogger(__name__)
 
 MAX_CNAME_HOPS = 8
@@ -64,7 +66,7 @@ NameLike = str | dns.name.Name
 RdtypeLike = str | int
 
 
-class DNSUpdateError(Exception):
+class DNSUpdateError(PkinfraError):
     """Any failure of this module, with what was being done and where.
 
     Rendered as `<action> at <name> in zone <zone> via <server>: <reason>`, leaving out the
@@ -87,7 +89,14 @@ class DNSUpdateError(Exception):
         self.zone = _text(zone) if zone is not None else None
         self.server = str(server) if server is not None else None
         self.rcode = rcode
-        super().__init__(str(self))
+        super().__init__(
+            str(self),
+            action=action,
+            name=self.name,
+            zone=self.zone,
+            server=self.server,
+            rcode=rcode,
+        )
 
     def __str__(self) -> str:
         where = ""

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pkinfra.ca import CAInfo, CAStore, Record
+from pkinfra.agent import paths
+from pkinfra.ca import CAInfo, CAStore, IssuedRecord
 from pkinfra.model import NEXT_SUFFIX, Inventory
 from pkinfra.model import Certificate as CertSpec
 
@@ -33,8 +34,6 @@ BUNDLE_FILE = "bundle.pem"  # issuing CA and every ancestor, root included: what
 
 #: Where a host gets the CAs it trusts and the CRLs it checks (the Services issue copies them).
 TRUST_DIR = "/usr/local/share/ca-certificates"
-CA_DIR = "/etc/pkinfra/ca"
-CRL_DIR = "/etc/pkinfra/crl"
 
 
 def trust_anchor_path(ca: str) -> str:
@@ -42,11 +41,11 @@ def trust_anchor_path(ca: str) -> str:
 
 
 def ca_bundle_path(ca: str) -> str:
-    return f"{CA_DIR}/{ca}.pem"
+    return f"{paths.CA_DIR}/{ca}.pem"
 
 
 def crl_path(ca: str) -> str:
-    return f"{CRL_DIR}/{ca}.pem"
+    return f"{paths.CRL_DIR}/{ca}.pem"
 
 
 # -- the inventory's CAs ------------------------------------------------------------------------
@@ -132,7 +131,7 @@ def holders(inventory: Inventory) -> dict[str, list[str]]:
     }
 
 
-def retire_key(store: CAStore, host: str, cert_name: str, spki_sha256: str) -> list[Record]:
+def retire_key(store: CAStore, host: str, cert_name: str, spki_sha256: str) -> list[IssuedRecord]:
     """The end of a key rollover: revoke (superseded) every valid certificate of ``host``'s
     ``cert_name`` that certifies the old key ``spki_sha256``, and the rollover's next
     certificates (``<cert_name>-next``: the switch signed the next key under ``cert_name``)."""
@@ -152,7 +151,7 @@ def retire_key(store: CAStore, host: str, cert_name: str, spki_sha256: str) -> l
 
 def removed_certificates(
     store: CAStore, inventory: Inventory | Mapping[str, Sequence[str]]
-) -> list[Record]:
+) -> list[IssuedRecord]:
     """Valid leaf certificates recorded for hosts and certificates the inventory no longer has.
 
     Only hosts of the inventory are considered: another inventory may share the store.
@@ -163,7 +162,7 @@ def removed_certificates(
     now = dt.datetime.now(dt.UTC)
     found = []
     for ca in store.names():
-        latest: dict[tuple[str, str], Record] = {}
+        latest: dict[tuple[str, str], IssuedRecord] = {}
         for record in store.list_issued(ca):
             if record.kind != "leaf" or record.status_at(now) != "valid":
                 continue

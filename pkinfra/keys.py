@@ -2,7 +2,10 @@
 
 The inventory, the CA store and the host operations all speak of keys by one of the strings in
 `KEY_TYPES`; this module is the only place that maps those strings to `cryptography` objects
-(and to the `openssl genpkey` options a host uses to make the same kind of key).
+(and to the `openssl genpkey` options a host uses to make the same kind of key). It also says
+whether a key belongs to a certificate (`key_matches`, `pem_public_key`; the shell's check on a
+host is `operations.util.key_matches_command`). Host agents import it: `cryptography` APIs that
+Debian 12's python3-cryptography (38) has.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import hashlib
 from typing import Final, Literal, TypeAlias, get_args
 
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.tlsa import spki_der
 
 KeyType: TypeAlias = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
@@ -29,14 +35,15 @@ _CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
 _RSA_BITS: Final[dict[str, int]] = {"rsa-2048": 2048, "rsa-3072": 3072, "rsa-4096": 4096}
 
 
-class KeyTypeError(ValueError):
-    """A key type name that is not one of KEY_TYPES, or a key that is of none of them."""
+class KeyTypeError(PkinfraError, ValueError):
+    """A key type name that is not one of KEY_TYPES, a key that is of none of them, or a key or
+    certificate that cannot be read."""
 
 
 def check_key_type(value: str) -> KeyType:
     """Return `value` as a KeyType, or raise KeyTypeError listing the accepted names."""
     if value not in KEY_TYPES:
-        raise KeyTypeError(f"unknown key type {value!r}: expected one of {', '.join(KEY_TYPES)}")
+        raise KeyTypeError(f"unknown key type '{value}' (known: {', '.join(KEY_TYPES)})")
     return value
 
 
@@ -94,3 +101,35 @@ def genpkey_args(key_type: str) -> list[str]:
     if kind in _RSA_BITS:
         return ["-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{_RSA_BITS[kind]}"]
     return ["-algorithm", "ED25519"]
+
+
+# -- a key and its certificate ------------------------------------------------------------------
+
+
+def public_key_der(item: x509.Certificate | PrivateKey | PublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a certificate's key, a private key's public half, or a
+    public key: what two of them share when they are one key pair."""
+    if isinstance(item, x509.Certificate):
+        return spki_der(item.public_key())
+    if isinstance(item, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        return spki_der(item.public_key())
+    return spki_der(item)
+
+
+def key_matches(
+    key: x509.Certificate | PrivateKey | PublicKey, certificate: x509.Certificate
+) -> bool:
+    """Whether ``key`` (or another certificate's key) is the key of ``certificate``."""
+    return public_key_der(key) == public_key_der(certificate)
+
+
+def pem_public_key(pem: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of one PEM certificate or unencrypted private key (of any
+    kind); KeyTypeError when it cannot be read. Nothing of a private key is kept or printed."""
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in pem:
+            return spki_der(x509.load_pem_x509_certificate(pem).public_key())
+        return spki_der(serialization.load_pem_private_key(pem, password=None).public_key())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        what = "certificate" if b"CERTIFICATE" in pem else "key"
+        raise KeyTypeError(f"cannot read the {what}") from None

@@ -31,6 +31,7 @@ import dns.rdatatype
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -40,8 +41,10 @@ from pydantic import (
 )
 
 from pkinfra import names, tlsa, tsig
+from pkinfra.agent import paths
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.keys import KeyType, check_key_type
 
-KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
 ACME = "acme"
 FILE_CONTENTS = ("cert", "chain", "fullchain", "key", "combined", "ca_bundle", "crl")
 SECRET_CONTENTS = frozenset({"key", "combined"})
@@ -76,12 +79,6 @@ def _dns_name_wild(value: str) -> str:
 
 def _record_name(value: str) -> str:
     return names.normalize(value, wildcard=True, underscore=True)
-
-
-def _key_type(value: str) -> str:
-    if value not in KEY_TYPES:
-        raise ValueError(f"unknown key type '{value}' (known: {', '.join(KEY_TYPES)})")
-    return value
 
 
 def _positive(unit: str) -> Any:
@@ -151,7 +148,7 @@ def _controller_path(value: str) -> str:
 DnsName = Annotated[str, AfterValidator(_dns_name)]
 DnsNameWild = Annotated[str, AfterValidator(_dns_name_wild)]
 RecordName = Annotated[str, AfterValidator(_record_name)]
-KeyType = Annotated[str, AfterValidator(_key_type)]
+KeyTypeName = Annotated[KeyType, BeforeValidator(check_key_type)]
 Seconds = Annotated[int, _positive("seconds")]
 Days = Annotated[int, _positive("days")]
 Mode = Annotated[str, AfterValidator(_mode)]
@@ -250,7 +247,7 @@ class CA(_Model):
     """A certificate authority kept on the controller."""
 
     parent: str | None = None
-    key_type: KeyType = "ec-p384"
+    key_type: KeyTypeName = "ec-p384"
     validity_days: Days = 3650
     path_length: int | None = Field(default=None, ge=0)
     #: Name-constraint subtrees: ``example.test`` is the name and its subdomains,
@@ -488,7 +485,7 @@ class Certificate(_Model):
     issuer: str
     challenge: Literal["http-01", "dns-01"] | None = None
     webroot: AbsPath | None = None
-    key_type: KeyType = "ec-p256"
+    key_type: KeyTypeName = "ec-p256"
     usages: list[Literal["server", "client"]] = ["server"]
     validity_days: Days = 90
     #: Renew this many days before expiry; None: when a third of the lifetime is left.
@@ -518,7 +515,7 @@ class Certificate(_Model):
     def default_directory(self) -> str:
         if self.is_acme:
             return f"/etc/letsencrypt/live/{self.name}"
-        return f"{CERTS_DIR}/{self.name}"
+        return f"{paths.CERTS_DIR}/{self.name}"
 
 
 class ServiceFile(_Model):
@@ -608,13 +605,13 @@ class HostSpec(_Model):
 
 #: Directories that hold pkinfra's files on a host (agents, their configuration and state,
 #: certbot's tree, BIND include files, CA-issued certificates): no inventory path may lie in one,
-#: or a service file would overwrite pkinfra's. A list of its own (those modules import this
-#: one); tests/unit/test_model.py checks that every host path constant lies in one of these.
+#: or a service file would overwrite pkinfra's. tests/unit/test_model.py checks that every path
+#: of ``pkinfra.agent.paths`` (and the BIND layout) lies in one of these.
 HOST_RESERVED_DIRS = (
-    "/etc/pkinfra",
-    "/var/lib/pkinfra",
-    "/var/cache/pkinfra",
-    "/usr/local/lib/pkinfra",
+    paths.ETC_DIR,
+    paths.STATE_DIR,
+    paths.CACHE_DIR,
+    paths.LIB_DIR,
     "/etc/letsencrypt",
     "/var/lib/letsencrypt",
     "/etc/bind/pkinfra",
@@ -622,7 +619,7 @@ HOST_RESERVED_DIRS = (
 )
 #: pkinfra's files in shared directories (``pkinfra-*``), and BIND's files on the DNS servers.
 HOST_RESERVED_PREFIXES = (
-    "/usr/local/bin/pkinfra-",
+    paths.BIN_PREFIX,
     "/usr/local/share/ca-certificates/pkinfra-",
     "/etc/nginx/sites-enabled/pkinfra-",
     "/etc/unbound/pkinfra-",
@@ -632,7 +629,6 @@ HOST_RESERVED_PREFIXES = (
     "/etc/bind/named.conf.local",
 )
 #: Where CA-issued certificates live by default; a ``directory`` may be one below it.
-CERTS_DIR = "/etc/pkinfra/certs"
 
 
 def is_below(path: str, directory: str) -> bool:
@@ -740,7 +736,7 @@ class Problem:
         )
 
 
-class InventoryError(Exception):
+class InventoryError(PkinfraError):
     """The inventory has problems; nothing was contacted."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -841,6 +837,52 @@ def _is_code(value: Any) -> bool:
 Groups = Mapping[str, Any]
 
 
+def inventory_groups(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The host groups of an ``inventory.py`` (its module namespace), found as pyinfra finds
+    them: a module-level list of hosts (names, or ``(name, data)`` tuples), or a ``(hosts,
+    data)`` tuple. Names that start with ``_`` are kept, for ``load`` to check: pyinfra skips
+    those without a word."""
+    groups = {}
+    for name, value in namespace.items():
+        if name.startswith("__"):
+            continue
+        hosts = value[0] if isinstance(value, tuple) and len(value) == 2 else value
+        if isinstance(hosts, list) and all(isinstance(h, str | tuple) for h in hosts):
+            groups[name] = value
+    return groups
+
+
+def _hosts_of(members: Any) -> dict[str, str]:
+    """A group's hosts: pyinfra name -> the name a message uses (its ``fqdn`` when given)."""
+    hosts = members[0] if isinstance(members, tuple) else members
+    found = {}
+    for entry in hosts if isinstance(hosts, list) else []:
+        name, data = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, {})
+        if isinstance(name, str):
+            fqdn = data.get("fqdn") if isinstance(data, dict) else None
+            found[name] = fqdn if isinstance(fqdn, str) else name
+    return found
+
+
+def _pyinfra_groups(groups: Groups, problems: list[Problem]) -> dict[str, Any]:
+    """The groups pyinfra acts on. pyinfra ignores a group whose name starts with ``_``: its
+    hosts would never be contacted and the run would exit 0. Such a group with a host no other
+    group has is refused; one that only repeats other groups' hosts (a helper list) is left
+    out, as pyinfra leaves it out."""
+    listed = {h for g, m in groups.items() if not g.startswith("_") for h in _hosts_of(m)}
+    for group, members in groups.items():
+        if not group.startswith("_"):
+            continue
+        for name, where in _hosts_of(members).items():
+            if name not in listed:
+                message = (
+                    f"group '{group}' starts with '_', which pyinfra ignores: this host would "
+                    "never be contacted (rename the group)"
+                )
+                problems.append(Problem(where, "groups", message))
+    return {g: m for g, m in groups.items() if not g.startswith("_")}
+
+
 def load(
     base_dir: Path,
     groups: Groups,
@@ -878,6 +920,7 @@ def load(
     # certificates that exist but are invalid (so references to them are not reported again).
     kept: dict[str, dict[str, list[int]]] = {}
     unusable: dict[str, set[str]] = {}
+    groups = _pyinfra_groups(groups, problems)
     for name, merged, origin in _merge_hosts(groups, group_data, problems):
         where = merged.get("fqdn") if isinstance(merged.get("fqdn"), str) else name
         fields = {k: merged[k] for k in HOST_KEYS if k in merged}
@@ -1209,7 +1252,7 @@ def _check_host(
             )
         for field, path in (("directory", cert.directory), ("webroot", cert.webroot)):
             area = reserved_host_path(path) if path else None
-            own = path == cert.default_directory or is_below(path or "", CERTS_DIR)
+            own = path == cert.default_directory or is_below(path or "", paths.CERTS_DIR)
             if area and not (field == "directory" and own):
                 add(f"{base}.{field}", f"'{path}' is pkinfra's own ({area})")
         for k, other in enumerate(host.certificates[:i]):
@@ -1301,14 +1344,14 @@ def _check_host(
                 f"{base}.certificate",
                 f"unknown certificate '{svc.certificate}' (known: {known_certs})",
             )
-        paths: set[str] = set()
+        seen: set[str] = set()
         for j, f in enumerate(svc.files):
             fbase = f"{base}.files[{j}]"
-            if f.path in paths:
+            if f.path in seen:
                 add(f"{fbase}.path", f"'{f.path}' is written twice")
             elif f.path in written:
                 add(f"{fbase}.path", f"'{f.path}' is also written by {written[f.path]}")
-            paths.add(f.path)
+            seen.add(f.path)
             written.setdefault(f.path, f"{fbase}")
             area = reserved_host_path(f.path)
             if area:
@@ -1544,12 +1587,14 @@ _active: Inventory | None = None
 def load_or_exit(inventory_file: str, groups: Groups) -> Inventory:
     """Validate from an ``inventory.py``; on problems print them all and exit non-zero.
 
-    Runs while pyinfra loads the inventory, so nothing has been contacted yet. The loaded
-    inventory is kept for the deploys of the same process (``active``).
+    ``groups`` is the inventory's module namespace (``globals()``: its groups are found as
+    pyinfra finds them, so they are declared once) or a mapping of group name to hosts. Runs
+    while pyinfra loads the inventory, so nothing has been contacted yet. The loaded inventory
+    is kept for the deploys of the same process (``active``).
     """
     global _active
     try:
-        inventory = load(Path(inventory_file).resolve().parent, groups)
+        inventory = load(Path(inventory_file).resolve().parent, inventory_groups(groups))
     except InventoryError as exc:
         raise SystemExit(exc.report()) from None
     for warning in inventory.warnings:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from pkinfra.agent.errors import PkinfraError
+
 MAX_NAME_OCTETS = 253
 MAX_LABEL_OCTETS = 63
 
@@ -23,7 +25,7 @@ _LDH = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _UNDERSCORE = re.compile(r"_[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
-class InvalidName(ValueError):
+class InvalidName(PkinfraError, ValueError):
     """A DNS name is not valid where it is used."""
 
 

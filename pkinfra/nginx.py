@@ -36,6 +36,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+try:
+    from pkinfra.agent.errors import PkinfraError
+except ImportError:  # on a host this file runs alone (python3 -I -): no pkinfra to import
+    PkinfraError = Exception  # type: ignore[misc,assignment]
+
 SNIPPET = "/etc/nginx/snippets/pkinfra-acme-challenge.conf"
 SITE = "/etc/nginx/sites-enabled/pkinfra-acme-challenge"
 #: The line an admin adds to a port-80 server of theirs (relative to nginx's configuration
@@ -48,7 +53,7 @@ _MAX_INCLUDE_DEPTH = 32
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]|localhost)$")
 
 
-class NginxError(Exception):
+class NginxError(PkinfraError):
     """nginx's configuration could not be read or is not what pkinfra can work with."""
 
 

@@ -15,7 +15,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 from pkinfra import zones
-from pkinfra.ca import CAStore, Record
+from pkinfra.ca import CAStore
+from pkinfra.ca import IssuedRecord as Record
 from pkinfra.model import NEXT_SUFFIX, Inventory, tlsa_owner
 from pkinfra.zones import IncludedTLSA
 

@@ -1,6 +1,6 @@
 """The mapping of certificate files into services, rendered on the controller for each host.
 
-The host's delivery agent (``pkinfra.delivery``) reads it, both during a pyinfra run and from
+The host's delivery agent (``pkinfra.agent.delivery``) reads it, both during a pyinfra run and from
 certbot's deploy hook, so the two paths cannot drift apart. It holds paths, owners, modes and
 how to notify each service: no secret.
 """
@@ -11,14 +11,8 @@ import json
 from typing import Any
 
 from pkinfra import issue
-from pkinfra.acme import DANE_PUBLISH
+from pkinfra.agent.paths import DANE_PUBLISH
 from pkinfra.model import Certificate, HostSpec, Inventory, Service, ServiceFile
-
-#: Where the agent and its mapping live on a managed host.
-AGENT_DIR = "/usr/local/lib/pkinfra"
-DELIVERY_AGENT = f"{AGENT_DIR}/delivery.py"
-MAPPING_FILE = "/etc/pkinfra/services.json"
-DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/50-pkinfra-deliver"
 
 
 def certificate_files(cert: Certificate) -> dict[str, str]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +30,13 @@ from typing import Any
 import jinja2
 
 from pkinfra import acme, issue, services, tlsa
+from pkinfra.agent import paths
 from pkinfra.model import NEXT_SUFFIX, Certificate, HostSpec, Inventory, tlsa_owner, zone_of
 
 SCHEMA = 1
 TEMPLATES = Path(__file__).parent / "templates"
-ROLLOVER_DIR = acme.ROLLOVER_DIR
+ROLLOVER_DIR = paths.ROLLOVER_DIR
 RENEWAL_DIR = "/etc/letsencrypt/renewal"
-STATE_DIR = "/var/lib/pkinfra"
 #: A renewal this much past its date is overdue (certbot's timer runs twice a day; a run may
 #: be a few hours late).
 GRACE = dt.timedelta(days=1)
@@ -271,8 +269,8 @@ def probe_request(inventory: Inventory, host: HostSpec) -> dict[str, Any]:
         "certificates": certs,
         "services": services.mapping(inventory, host)["services"],
         "crls": {ca: issue.crl_path(ca) for ca in plan.crls},
-        "state_dir": STATE_DIR,
-        "dane_seen": acme.DANE_SEEN,
+        "state_dir": paths.STATE_DIR,
+        "dane_seen": paths.DANE_SEEN,
     }
 
 
@@ -986,22 +984,6 @@ def to_prometheus(report: Report) -> str:
     for name, (help_text, samples) in metrics.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write beside and rename: node_exporter never reads half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- terminal -----------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pkinfra.agent.errors import PkinfraError
+
 # The usages, selectors and matching types RFC 6698 defines (255, "private use", is left out:
 # nothing here would know what to do with it).
 USAGES = {0: "PKIX-TA", 1: "PKIX-EE", 2: "DANE-TA", 3: "DANE-EE"}
@@ -58,7 +60,7 @@ class TLSARdata(Protocol):
     cert: bytes
 
 
-class TLSAError(ValueError):
+class TLSAError(PkinfraError, ValueError):
     """A TLSA record cannot be made or read; the text says which input and why."""
 
 

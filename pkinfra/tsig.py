@@ -13,10 +13,12 @@ import contextlib
 import hashlib
 import os
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import stage
 
 ALGORITHM = "hmac-sha256"
 SECRET_BYTES = 32
@@ -28,7 +30,7 @@ _SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")  # always fullmatch
 _ROTATED = re.compile(r"k(\d+)\.(.+)")
 
 
-class TSIGError(Exception):
+class TSIGError(PkinfraError):
     """A TSIG key file cannot be made or read; the text names the file, never the secret."""
 
 
@@ -57,13 +59,9 @@ def ensure_key(secrets_dir: Path, name: str, path: Path | None = None) -> Path:
     if not path.exists():
         secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         secret = base64.b64encode(os.urandom(SECRET_BYTES)).decode()
-        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Staged whole, then linked (not renamed): a key made meanwhile by another run stays.
+        tmp = stage(path, key_text(name, secret).encode(), 0o600)
         try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(key_text(name, secret))
-                handle.flush()
-                os.fsync(handle.fileno())
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)
         finally:

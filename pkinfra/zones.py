@@ -34,6 +34,7 @@ from pathlib import Path
 import jinja2
 
 from pkinfra import tsig
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.model import Inventory, zone_of
 from pkinfra.names import base_name
 
@@ -52,7 +53,7 @@ MAIN_SOA = {"refresh": 3600, "retry": 600, "expire": 1209600, "minimum": 300}
 SHADOW_SOA = {"refresh": 300, "retry": 60, "expire": 1209600}
 
 
-class ZoneError(ValueError):
+class ZoneError(PkinfraError, ValueError):
     """The inventory cannot be rendered into zones; the text names the host, zone and name."""
 
 

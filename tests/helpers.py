@@ -2,7 +2,8 @@
 
 ``self_signed`` is the one ``openssl req -x509`` the tests share; ``make_mkcert_ca`` builds a CA
 the way mkcert does (its ``rootCA.pem`` + ``rootCA-key.pem``) and a leaf it issued, for the
-tests that prove an imported CA keeps validating what it issued before.
+tests that prove an imported CA keeps validating what it issued before. ``installed_agents``
+lays the host agents out as a host gets them.
 """
 
 from __future__ import annotations
@@ -76,3 +77,18 @@ def lab_inventory_copy(directory: Path) -> Path:
     for shared in ("pki", ".lab"):
         (directory / shared).symlink_to(root / shared)
     return directory / "inventory.py"
+
+
+def installed_agents(lib_dir: Path) -> Path:
+    """The host agents installed under ``lib_dir`` as ``system.agent`` installs them under
+    ``/usr/local/lib/pkinfra`` (only the files ``pkinfra.install`` names); returns the delivery
+    agent's entry point, to run as ``python3 -I <it>``."""
+    from pkinfra import install
+
+    for relative, data in install.agent_files().items():
+        target = lib_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    entry = lib_dir / "delivery.py"
+    entry.write_text(install.entry_point("delivery", "tests", lib_dir=str(lib_dir)))
+    return entry

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import dns.exception
 import dns.flags
@@ -44,6 +45,9 @@ import dns.name
 import dns.query
 import dns.rdatatype
 
+from pkinfra.agent import paths
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import write_atomic
 from pkinfra.dnsupdate import (
     DNSUpdateError,
     RFC2136Client,
@@ -53,15 +57,12 @@ from pkinfra.dnsupdate import (
 )
 
 PROG = "pkinfra-certbot-hook"
-CONFIG_PATH = "/etc/pkinfra/acme-hook.conf"
-#: Where each challenge name led last time (target and zone): public data, a hint only.
-ZONE_CACHE = "/var/cache/pkinfra/acme-hook-zones.json"
 SECTION = "dns-01"
 FIRST_POLL_DELAY = 0.05
 MAX_POLL_DELAY = 1.0
 
 
-class HookError(Exception):
+class HookError(PkinfraError):
     """A failure of the hook, already worded for the one stderr line."""
 
 
@@ -78,7 +79,7 @@ class HookConfig:
     primary: str | None = None
     server_addresses: tuple[tuple[str, str], ...] = ()
     resolver_check: bool = True
-    zone_cache: str | None = ZONE_CACHE
+    zone_cache: str | None = paths.HOOK_ZONE_CACHE
 
     @classmethod
     def from_file(cls, path: str) -> HookConfig:
@@ -147,7 +148,7 @@ class HookConfig:
             resolver_check=check in ("yes", "true", "1"),
             zone_cache=None
             if values.get("zone_cache", "").strip().lower() == "none"
-            else values.get("zone_cache") or ZONE_CACHE,
+            else values.get("zone_cache") or paths.HOOK_ZONE_CACHE,
         )
 
     def client(self) -> RFC2136Client:
@@ -274,10 +275,8 @@ class Hook:
         hints = {**_read_hints(path), owner: entry}
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            staged = f"{path}.{os.getpid()}"
-            with open(staged, "w", encoding="utf-8") as handle:
-                json.dump(hints, handle, indent=1, sort_keys=True)
-            os.replace(staged, path)
+            text = json.dumps(hints, indent=1, sort_keys=True)
+            write_atomic(Path(path), text.encode(), sync_dir=False)
         except OSError:
             pass  # a hint only: the next run finds the zone the slow way
 
@@ -373,7 +372,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"usage: {PROG} auth|cleanup (certbot sets CERTBOT_DOMAIN, ...)", file=sys.stderr)
         return 2
     action = args[0]
-    config_path = env.get("PKINFRA_HOOK_CONFIG", CONFIG_PATH)
+    config_path = env.get("PKINFRA_HOOK_CONFIG", paths.HOOK_CONFIG)
     domain = env.get("CERTBOT_DOMAIN", "?")
     try:
         done = run(action, env, config_path)

@@ -49,12 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from pkinfra import tlsa
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 
 CONFIG = "/etc/pkinfra/dane.json"
 
 
-class PublishError(Exception):
+class PublishError(PkinfraError):
     """One line for the operator: what could not be published, and why."""
 
 

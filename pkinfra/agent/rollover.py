@@ -49,6 +49,7 @@ from typing import Any
 
 from pkinfra import tlsa
 from pkinfra.agent import dane_publish
+from pkinfra.agent.errors import PkinfraError
 from pkinfra.dnsupdate import DNSUpdateError
 
 CONFIG = "/etc/pkinfra/rollover.json"
@@ -59,7 +60,7 @@ ACTIVE = ("starting", "published", "switching", "switched", "retiring")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class RolloverError(Exception):
+class RolloverError(PkinfraError):
     """One line for the operator: which certificate, which step, and why."""
 
 

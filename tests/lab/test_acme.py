@@ -23,7 +23,7 @@ import pytest
 
 from lab.topology import pyinfra_name
 from pkinfra import zones
-from pkinfra.acme import HOOK_CONFIG
+from pkinfra.agent.paths import HOOK_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"

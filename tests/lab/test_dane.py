@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pkinfra import dane, tsig
-from pkinfra.acme import DANE_PUBLISH
+from pkinfra.agent.paths import DANE_PUBLISH
 from pkinfra.dnsupdate import RFC2136Client, TSIGKey
 from pkinfra.tlsa import canonical
 from tests.lab.dane_probe import MX1_SMTP, WEB1_HTTPS, DaneProbe, Target

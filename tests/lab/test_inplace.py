@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pkinfra import delivery
+from pkinfra.agent import delivery
 from tests.lab.tlsd_host import DB1, PROCESS, WEB1, Tlsd, in_place, inventory_with, sh
 
 ROOT = Path(__file__).resolve().parents[2]

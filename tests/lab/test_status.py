@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pkinfra import issue, services
+from pkinfra.agent import paths
 from pkinfra.model import load_inventory_file
 from tests.lab.test_dane import ShadowTlsa, mx1_tlsa, published  # noqa: F401 (fixtures)
 
@@ -129,7 +130,7 @@ def postfix_on_another_key() -> Iterator[None]:
         yield
     finally:
         done = docker(
-            "pkinfra-mx1", "python3", services.DELIVERY_AGENT, "--mapping", services.MAPPING_FILE
+            "pkinfra-mx1", "python3", paths.DELIVERY_AGENT, "--mapping", paths.SERVICES_MAPPING
         )
         assert done.returncode == 0, done.stdout + done.stderr
 

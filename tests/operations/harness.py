@@ -20,7 +20,7 @@ from typing import Any
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from pkinfra import delivery
+from pkinfra import install
 
 FIXTURES = Path(__file__).parent
 
@@ -121,7 +121,10 @@ class Case:
 
 #: Placeholders a fixture may use for values that follow the code (a file it uploads).
 PLACEHOLDERS = {
-    "@DELIVERY_AGENT_SHA256@": hashlib.sha256(Path(delivery.__file__).read_bytes()).hexdigest(),
+    # The agents as installed now: every file current.
+    '"@AGENT_FILES@"': json.dumps(
+        {path: hashlib.sha256(data).hexdigest() for path, data in install.agent_files().items()}
+    ),
 }
 
 

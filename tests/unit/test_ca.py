@@ -889,14 +889,14 @@ def test_no_certificate_without_a_durable_record(
 
 
 def test_failed_install_leaves_nothing(store: CAStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = ca_mod._write_file
+    real_write = ca_mod.write_atomic
 
     def failing_write(path: Path, data: bytes, mode: int = 0o644, *, sync_dir: bool = True) -> None:
         if path.name == "ca.json":
             raise OSError(5, "Input/output error", str(path))
         real_write(path, data, mode, sync_dir=sync_dir)
 
-    monkeypatch.setattr(ca_mod, "_write_file", failing_write)
+    monkeypatch.setattr(ca_mod, "write_atomic", failing_write)
     with pytest.raises(CAError, match="Input/output error"):
         store.create_root("duckcorp", passphrase=PASS)
     assert list(store.directory.iterdir()) == [store.directory / ".lock"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pkinfra import delivery
-from tests.helpers import self_signed
+from pkinfra.agent import delivery
+from tests.helpers import installed_agents, self_signed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes file owners: needs root")
 
@@ -261,7 +261,7 @@ def test_interrupted_write_leaves_the_old_file(
 
     monkeypatch.setattr(os, "write", boom)
     with pytest.raises(OSError):
-        delivery.write_atomic(target, b"new", 0, 0, 0o600)
+        delivery.write_atomic(target, b"new", 0o600, (0, 0))
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["key.pem"]
 
@@ -303,13 +303,15 @@ def run_agent(
     env: dict[str, str] | None = None,
     timeout: float = 20,
 ) -> subprocess.CompletedProcess[str]:
-    """The agent as the host runs it: the one file, standalone, in its own process."""
+    """The agent as the host runs it: its entry point, with the installed files only, in its
+    own process."""
     path = state.parent / "services.json"
     path.write_text(json.dumps(mapping))
     return subprocess.run(
         [
             sys.executable,
-            delivery.__file__,
+            "-I",
+            str(installed_agents(state.parent / "lib")),
             "--mapping",
             str(path),
             "--state-dir",

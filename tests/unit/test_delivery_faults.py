@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pkinfra import delivery
+from pkinfra.agent import delivery
 from tests.helpers import self_signed
 from tests.unit.test_delivery import run_agent
 from tests.unit.test_delivery_inplace import Lineage, sha256_of
@@ -56,7 +58,9 @@ IN_PLACE_STEPS = ["marked", "recorded", "checked", "notified", "cleared"]
 
 def public_id(pem: bytes, *, cert: bool) -> str:
     """A short id of the public key of a certificate or private key."""
-    return hashlib.sha256(delivery._public_key(pem, cert=cert)).hexdigest()[:16]
+    public = serialization.load_der_public_key(delivery._public_key(pem))
+    text = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)  # as openssl's
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 @dataclass

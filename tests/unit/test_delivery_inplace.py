@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from pkinfra import delivery
+from pkinfra.agent import delivery
 from pkinfra.model import Notify, Service, load_inventory_file
 from pkinfra.services import service_entry
-from tests.helpers import self_signed
+from tests.helpers import installed_agents, self_signed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes file owners: needs root")
 
@@ -401,7 +401,8 @@ def test_in_place_daemon_is_told_once_per_renewal(
     mapping = inplace.state.parent / "services.json"
     mapping.write_text(json.dumps({"services": [inplace.service]}))
     hook = subprocess.run(
-        [sys.executable, delivery.__file__, "--mapping", str(mapping),
+        [sys.executable, "-I", str(installed_agents(inplace.state.parent / "lib")),
+         "--mapping", str(mapping),
          "--state-dir", str(inplace.state)],
         env={**os.environ, "RENEWED_LINEAGE": "/etc/letsencrypt/live/web"},
         capture_output=True, text=True, timeout=30, check=True,

@@ -50,6 +50,27 @@ def test_absent_not_a_file_and_not_a_key(tmp_path: Path) -> None:
 
 
 def test_every_model_key_type_has_genpkey_arguments() -> None:
-    from pkinfra.model import KEY_TYPES
+    from pkinfra.keys import KEY_TYPES
 
     assert set(GENPKEY_ARGS) == set(KEY_TYPES)
+
+
+def test_certbot_lineage_reads_the_certificate_itself(tmp_path: Path) -> None:
+    from operations.facts import CertbotLineage
+    from tests.helpers import self_signed
+
+    key, cert = tmp_path / "privkey.pem", tmp_path / "cert.pem"
+    self_signed(key, cert, "/CN=Pebble Intermediate", extensions=["subjectAltName=DNS:Mx1.Test"])
+    # What the fact's command prints for a lineage: the certificate as it is (public).
+    output = [
+        "@lineage",
+        "r|server = https://acme/dir",
+        *(f"c|{line}" for line in cert.read_text().splitlines()),
+        "k|ab",
+    ]
+    info = CertbotLineage().process(output)
+    assert info["names"] == ["mx1.test"] and info["issuer"] == "Pebble Intermediate"
+    assert info["not_before"] < info["not_after"] and info["not_after"].endswith("+00:00")
+    assert info["renewal"] == {"server": "https://acme/dir"} and info["key_spki_sha256"] == "ab"
+    broken = CertbotLineage().process(["@lineage", "c|-----BEGIN CERTIFICATE-----", "c|AAAA"])
+    assert (broken["names"], broken["not_after"], broken["issuer"]) == (None, None, None)

@@ -54,6 +54,13 @@ def certbot_args(args: str) -> tuple[str, str, str]:
 
 
 MISTAKES = [
+    # -- groups: pyinfra skips a group whose name starts with '_' -------------------------------
+    mistake(
+        "group whose name starts with `_` (pyinfra would never contact its hosts)",
+        "mon1.example.test: groups: group '_monitoring' starts with '_', which pyinfra ignores: "
+        "this host would never be contacted (rename the group)",
+        (INV, "\nmonitoring = [", "\n_monitoring = ["),
+    ),
     # -- record values go into zone files as written --------------------------------------------
     mistake(
         "record value with a second line (another record, `$INCLUDE`)",

@@ -813,35 +813,24 @@ def test_open_controller_secrets_are_warned_about(
 
 
 def test_every_host_path_of_pkinfra_is_in_a_reserved_place() -> None:
-    # The reserved places are a list of their own (the model may not import the modules that
-    # import it): every host path constant of the code base must fall in one of them.
-    from pkinfra import acme, delivery, issue, services, zones
-    from pkinfra.agent import certbot_hook, dane_publish, rollover
+    # Every host path of pkinfra's own is named in pkinfra.agent.paths (or is BIND's layout):
+    # each must fall in one of the reserved places.
+    from pkinfra import issue, zones
+    from pkinfra.agent import dane_publish, delivery, rollover
+    from pkinfra.agent import paths as host_paths
 
     layout = zones.Layout()
+    named = [v for k, v in vars(host_paths).items() if k.isupper() and isinstance(v, str)]
+    assert host_paths.TSIG_KEY in named and len(named) > 20
+    # The agents that still spell their defaults out agree with it.
+    assert (rollover.CONFIG, dane_publish.CONFIG) == (
+        host_paths.ROLLOVER_CONFIG,
+        host_paths.DANE_CONFIG,
+    )
     paths = [
-        acme.HOOK,
-        acme.HOOK_CONFIG,
-        acme.LIB_DIR,
-        acme.TRUST_PATH,
-        acme.DANE_PUBLISH,
-        acme.DANE_CONFIG,
-        acme.DANE_DEPLOY_HOOK,
-        acme.DANE_SEEN,
-        acme.ROLLOVER,
-        acme.ROLLOVER_CONFIG,
-        acme.ROLLOVER_DIR,
-        services.AGENT_DIR,
-        services.MAPPING_FILE,
-        services.DEPLOY_HOOK,
-        issue.CA_DIR,
-        issue.CRL_DIR,
+        *named,
         issue.ca_bundle_path("duckcorp"),
         str(delivery.STATE_DIR),
-        certbot_hook.CONFIG_PATH,
-        certbot_hook.ZONE_CACHE,
-        dane_publish.CONFIG,
-        rollover.CONFIG,
         str(rollover.LIVE),
         layout.key_dir,
         layout.zone_dir,
@@ -852,3 +841,28 @@ def test_every_host_path_of_pkinfra_is_in_a_reserved_place() -> None:
     ]
     assert [p for p in paths if model.reserved_host_path(p) is None] == []
     assert model.reserved_host_path("/etc/nginx/tls/web.key") is None
+
+
+def test_groups_are_found_as_pyinfra_finds_them() -> None:
+    groups = base_groups()
+    namespace = {
+        **groups,
+        "__file__": "inventory.py",
+        "_here": Path("/x"),
+        "_ssh": lambda address: {},
+        "_pair": ("a", 1),
+        "settings": {"not": "a group"},
+    }
+    assert model.inventory_groups(namespace) == groups
+
+
+def test_an_underscore_group_is_refused_unless_its_hosts_are_in_other_groups() -> None:
+    groups = base_groups()
+    helper = {**groups, "_mail_again": list(groups["mail"])}
+    assert problems(base_all(), helper) == []
+    hidden = {k: v for k, v in groups.items() if k != "mail"}
+    hidden["_mail"] = groups["mail"]
+    assert problems(base_all(), hidden) == [
+        "mx1.example.test: groups: group '_mail' starts with '_', which pyinfra ignores: this "
+        "host would never be contacted (rename the group)"
+    ]

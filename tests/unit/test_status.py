@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from pkinfra import status
+from pkinfra.agent.files import write_atomic
 from pkinfra.agent.status_probe import crl_info
 from pkinfra.cli_status import render_cron, render_schedule
 from pkinfra.status import State, TlsaObservation
@@ -342,7 +343,7 @@ def test_prometheus_textfile(converged: Site, tmp_path: Path) -> None:
         == (NOW + dt.timedelta(days=2.5)).timestamp()
     )
     target = tmp_path / "pkinfra.prom"
-    status.write_atomic(target, text)
+    write_atomic(target, text.encode())  # how pkinfra status writes its files
     assert target.read_text() == text and oct(target.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir()] == ["pkinfra.prom"]
 

@@ -28,6 +28,7 @@ from pkinfra.model import (
     Inventory,
     InventoryError,
     check_record_value,
+    inventory_groups,
     load,
     load_inventory_file,
     read_group_data,
@@ -49,7 +50,7 @@ def lab_groups() -> dict[str, Any]:
     namespace: dict[str, Any] = {"__file__": str(ROOT / "x.py")}
     text = (ROOT / "inventory.py").read_text().replace("_inventory = load_or_exit(", "_g = (")
     exec(compile(text, str(ROOT / "inventory.py"), "exec"), namespace)
-    return copy.deepcopy(namespace["_g"][1])
+    return copy.deepcopy(inventory_groups(namespace))
 
 
 def inventory_from(groups: dict[str, Any]) -> Inventory:

@@ -2,8 +2,8 @@
 
 The controller renders a mapping (JSON, no secrets: paths, owners, modes, how to notify) from the
 inventory. Both paths use it: a pyinfra run (``--plan`` as a fact, then a delivery) and certbot's
-deploy hook on a renewal (``--lineage NAME``). This module runs on managed hosts, so it uses only
-the standard library and the ``openssl`` command.
+deploy hook on a renewal (``--lineage NAME``). This module runs on managed hosts: the standard
+library and Debian's python3-cryptography (through ``pkinfra.keys``).
 
 A service either has copies of its files, or reads its certificate in place (no ``files``, an
 ``in_place`` entry naming the certificate and key it reads).
@@ -53,9 +53,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pkinfra.agent import paths
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import drop_staged, fsync_dir, stage, write_atomic
+from pkinfra.keys import KeyTypeError, pem_public_key
+
 #: The agent's state: ``pending/<service>`` (a notification is owed) and ``served/<service>.json``
 #: (what an in-place service was last told about).
-STATE_DIR = Path("/var/lib/pkinfra")
+STATE_DIR = Path(paths.STATE_DIR)
 KEY_CONTENTS = frozenset({"key", "combined"})
 CERT_CONTENTS = frozenset({"cert", "fullchain", "combined"})
 SIGNALS = {
@@ -73,7 +78,7 @@ PIDFILE_MAX = 64
 CRASH_VARIABLE = "PKINFRA_DELIVERY_CRASH_AT"
 
 
-class DeliveryError(Exception):
+class DeliveryError(PkinfraError):
     """One service could not be delivered or notified; the message says which and why."""
 
 
@@ -109,13 +114,12 @@ def _ids(owner: str, group: str) -> tuple[int, int]:
     return uid, gid
 
 
-def _public_key(path_or_pem: bytes, *, cert: bool) -> bytes:
-    """The public key (PEM) of a certificate or private key, via openssl; no secret leaves."""
-    cmd = ["openssl", "x509", "-noout", "-pubkey"] if cert else ["openssl", "pkey", "-pubout"]
-    run = subprocess.run(cmd, input=path_or_pem, capture_output=True, timeout=30, check=False)
-    if run.returncode != 0 or b"PUBLIC KEY" not in run.stdout:
-        raise DeliveryError(f"openssl cannot read the {'certificate' if cert else 'key'}")
-    return run.stdout
+def _public_key(pem: bytes) -> bytes:
+    """The public key (DER SubjectPublicKeyInfo) of one PEM certificate or private key."""
+    try:
+        return pem_public_key(pem)
+    except KeyTypeError as exc:
+        raise DeliveryError(str(exc)) from None
 
 
 _CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -146,8 +150,7 @@ def check_pair(files: dict[str, tuple[str, bytes]]) -> None:
     certs = {_first_cert(d) for k, d in files.values() if k in CERT_CONTENTS and _first_cert(d)}
     if not keys or not certs:
         return
-    public = {_public_key(key, cert=False) for key in keys}
-    public |= {_public_key(cert, cert=True) for cert in certs}
+    public = {_public_key(pem) for pem in keys | certs}
     if len(public) != 1:
         raise DeliveryError("the key does not match the certificate")
 
@@ -160,55 +163,18 @@ def _current(path: Path) -> tuple[bytes, int, int, int] | None:
         return None
 
 
-def _fsync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-_TMP_MARK = ".pkinfra-"
-
-
 def _stage(path: Path, data: bytes, uid: int, gid: int, mode: int) -> Path:
     """``data`` in a new file beside ``path`` with its final owner and mode, on disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _drop_leftovers(path)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _drop_leftovers(path: Path) -> None:
-    """Staged files of an interrupted delivery (deliveries take a lock: none is running)."""
-    if not path.parent.is_dir():
-        return
-    prefix = f".{path.name}{_TMP_MARK}"
-    for entry in path.parent.iterdir():
-        if entry.name.startswith(prefix) and entry.name[len(prefix) :].isdigit():
-            entry.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes, uid: int, gid: int, mode: int) -> None:
-    """Write beside then rename: the file never exists half-written or with a wider mode."""
-    os.replace(_stage(path, data, uid, gid, mode), path)
-    _fsync_dir(path.parent)
+    drop_staged(path)  # an interrupted delivery's (deliveries take a lock: none is running)
+    return stage(path, data, mode, (uid, gid))
 
 
 def _mark_pending(path: Path, why: str) -> None:
     """On disk before anything the service reads changes: a crash leaves the service owed."""
-    write_atomic(path, f"{why}; notification pending\n".encode(), os.geteuid(), os.getegid(), 0o644)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = f"{why}; notification pending\n".encode()
+    write_atomic(path, data, 0o644, (os.geteuid(), os.getegid()))
 
 
 def _clear_pending(path: Path) -> None:
@@ -216,7 +182,7 @@ def _clear_pending(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @contextmanager
@@ -428,7 +394,7 @@ def fingerprint(cert_pem: bytes) -> dict[str, str]:
     cert = _first_cert(cert_pem)
     if not cert:
         raise DeliveryError("no certificate in it")
-    spki = _pem_body(_public_key(cert, cert=True))
+    spki = _public_key(cert)
     return {
         "sha256": hashlib.sha256(_pem_body(cert)).hexdigest(),
         "spki_sha256": hashlib.sha256(spki).hexdigest(),
@@ -543,7 +509,7 @@ def _copies(
         os.replace(tmp, path)
         _step(f"renamed-{n}")
     for directory in sorted({path.parent for _, path in staged}):
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return kinds
 
 
@@ -576,7 +542,8 @@ def _in_place(
     _step("marked")
     record = {"certificate": reads["cert"], **now}
     data = (json.dumps(record, sort_keys=True) + "\n").encode()
-    write_atomic(served_file, data, os.geteuid(), os.getegid(), 0o644)
+    served_file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(served_file, data, 0o644, (os.geteuid(), os.getegid()))
     _step("recorded")
     return kinds
 
@@ -631,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pkinfra-deliver", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--mapping",
-        default="/etc/pkinfra/services.json",
+        default=paths.SERVICES_MAPPING,
         help="the mapping file, or - for standard input",
     )
     parser.add_argument(

@@ -1,0 +1,72 @@
+"""The host agents' files come from the package and its imports, and run with nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from pkinfra import install
+from tests.helpers import installed_agents
+from tests.operations.harness import run_operation
+
+
+def test_the_installed_set_is_the_agent_package_and_what_it_imports() -> None:
+    files = install.agent_files()
+    agent = sorted(p.name for p in (Path(install.__file__).parent / "agent").glob("*.py"))
+    assert {f"pkinfra/agent/{name}" for name in agent} <= set(files)
+    # Imported by the agents from outside the package, and the packages' own __init__.
+    assert {"pkinfra/__init__.py", "pkinfra/tlsa.py", "pkinfra/dnsupdate.py"} <= set(files)
+    assert "delivery.py" in files  # the delivery agent's entry point
+    # Controller-only modules never travel.
+    assert not {"pkinfra/ca.py", "pkinfra/model.py", "pkinfra/install.py"} & set(files)
+
+
+def test_agents_need_only_debians_dnspython_and_cryptography() -> None:
+    assert install.third_party_imports() <= {"dns", "cryptography"}
+
+
+def test_every_agent_module_imports_from_the_installed_files_alone(tmp_path: Path) -> None:
+    installed_agents(tmp_path)
+    modules = [
+        path[: -len(".py")].replace("/", ".").removesuffix(".__init__")
+        for path in install.agent_files()
+        if path.startswith("pkinfra/")
+    ]
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + "".join(
+        f"import {m}; assert {m}.__file__.startswith({str(tmp_path)!r}), {m}.__file__\n"
+        for m in modules
+    )
+    run = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_entry_point_runs_its_agent(tmp_path: Path) -> None:
+    entry = installed_agents(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-I", str(entry), "--help"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0 and "pkinfra-deliver" in run.stdout
+
+
+def test_agent_operation_writes_what_differs_and_drops_stale_modules() -> None:
+    files = install.agent_files()
+    have = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
+    have["pkinfra/agent/delivery.py"] = "0" * 64
+    have["pkinfra/agent/old.py"] = "1" * 64
+    have["keep-me.py"] = "2" * 64  # not in pkinfra's package tree: not ours to remove
+    facts = {"facts.AgentFiles": {"directory=/usr/local/lib/pkinfra": have}}
+    commands, host = run_operation("system", "agent", {"facts": facts})
+    path = "/usr/local/lib/pkinfra/pkinfra/agent/delivery.py"
+    staged = "/usr/local/lib/pkinfra/pkinfra/agent/.delivery.py.pkinfra-new"
+    digest = hashlib.sha256(files["pkinfra/agent/delivery.py"]).hexdigest()[:16]
+    assert commands == [
+        "mkdir -p /usr/local/lib/pkinfra/pkinfra/agent",
+        {"FileUploadCommand": f"FileUploadCommand(<bytes sha256:{digest}>, {staged})"},
+        f"chown root:root {staged} && chmod 0644 {staged} && mv -f {staged} {path}",
+        "rm -f /usr/local/lib/pkinfra/pkinfra/agent/old.py",
+    ]
+    assert host.noop_description is None
