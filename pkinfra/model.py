@@ -575,6 +575,10 @@ class Tlsa(_Model):
     proto: Literal["tcp", "udp", "sctp"] = "tcp"
     name: DnsName | None = None
     certificate: str
+    #: Several hosts serve this owner (an HA pair behind one name): the owner's RRset holds
+    #: every sharing host's record. Each publication at the owner must say so (a typo must not
+    #: let one host's key into another's RRset), and each certificate must be CA-issued.
+    shared: bool = False
 
 
 class HostSpec(_Model):
@@ -1419,24 +1423,55 @@ def _index(kept: Mapping[str, Mapping[str, list[int]]], fqdn: str, field: str, i
 
 def _owned_names(
     settings: Settings, host: HostSpec, kept: Mapping[str, Mapping[str, list[int]]]
-) -> Iterator[tuple[str, str, str, bool]]:
-    """(field path, owner, type, delegated) of every name the host publishes under.
+) -> Iterator[tuple[str, str, str, bool, bool]]:
+    """(field path, owner, type, delegated, shared) of every name the host publishes under.
 
     ``delegated``: a CNAME into the shadow zone (ACME challenges and ACME TLSA); otherwise a
-    TLSA record of a CA-issued certificate in the zone's include file.
+    TLSA record of a CA-issued certificate in the zone's include file. ``shared``: the
+    publication says other hosts publish at the owner too.
     """
     for i, cert in enumerate(host.certificates):
         if cert.is_acme and cert.challenge == "dns-01":
             for j, name in enumerate(cert.names):
                 path = f"{_index(kept, host.fqdn, 'certificates', i)}.names[{j}]"
-                yield path, challenge_owner(name), "TXT", True
+                yield path, challenge_owner(name), "TXT", True, False
     for i, pub in enumerate(host.tlsa):
         used = host.certificate(pub.certificate)
         if used is None or (pub.name is None and used.names[0].startswith("*.")):
             continue
         field = "name" if pub.name else "certificate"
         path = f"{_index(kept, host.fqdn, 'tlsa', i)}.{field}"
-        yield path, tlsa_owner(pub.port, pub.proto, host.tlsa_name(pub)), "TLSA", used.is_acme
+        owner = tlsa_owner(pub.port, pub.proto, host.tlsa_name(pub))
+        yield path, owner, "TLSA", used.is_acme, pub.shared
+
+
+def _shared_owner_problem(
+    owner: str, first: tuple[str, str, bool, bool], delegated: bool, shared: bool
+) -> str | None:
+    """Why a second host may not publish at ``owner`` too (None: an HA pair that says so)."""
+    other, other_path, other_delegated, other_shared = first
+    if shared and other_shared:
+        if delegated or other_delegated:
+            return (
+                f"{owner} TLSA is shared, but an ACME certificate's record is published by its "
+                "host's agent into the host's own shadow name: an owner several hosts share "
+                "needs CA-issued certificates"
+            )
+        return None
+    if shared or other_shared:
+        which = (
+            f"{other}'s says shared, this one does not"
+            if other_shared
+            else (f"this one says shared, {other}'s does not")
+        )
+        return (
+            f"{owner} TLSA is also {other}'s ({other_path}) and {which}: every publication at "
+            "a shared owner says shared: true"
+        )
+    return (
+        f"{owner} TLSA is already {other}'s ({other_path}): a name and type belong to one host "
+        "(an HA pair says shared: true on each publication)"
+    )
 
 
 def _check_across(
@@ -1446,7 +1481,7 @@ def _check_across(
 ) -> list[Problem]:
     """What no single host shows: names two hosts claim, key names, zone-level records."""
     problems: list[Problem] = []
-    claimed: dict[tuple[str, str], tuple[str, str]] = {}
+    claimed: dict[tuple[str, str], tuple[str, str, bool, bool]] = {}
     delegated: dict[str, str] = {}
     for host in hosts.values():
         problems += [
@@ -1454,19 +1489,19 @@ def _check_across(
             for why in [tsig.name_clash(host.fqdn, hosts)]
             if why is not None
         ]
-        for path, owner, rdtype, is_delegated in _owned_names(settings, host, kept):
+        for path, owner, rdtype, is_delegated, shared in _owned_names(settings, host, kept):
             first = claimed.get((owner, rdtype))
             if first is not None and first[0] != host.fqdn:
-                problems.append(
-                    Problem(
-                        host.fqdn,
-                        path,
-                        f"{owner} {rdtype} is already {first[0]}'s ({first[1]}): a name and "
-                        "type belong to one host",
-                    )
+                why = (
+                    _shared_owner_problem(owner, first, is_delegated, shared)
+                    if rdtype == "TLSA"
+                    else f"{owner} {rdtype} is already {first[0]}'s ({first[1]}): a name and "
+                    "type belong to one host"
                 )
+                if why is not None:
+                    problems.append(Problem(host.fqdn, path, why))
             elif first is None:
-                claimed[(owner, rdtype)] = (host.fqdn, path)
+                claimed[(owner, rdtype)] = (host.fqdn, path, is_delegated, shared)
             if is_delegated:
                 delegated.setdefault(owner, host.fqdn)
 

@@ -302,11 +302,41 @@ MISTAKES = [
     mistake(
         "TLSA owner another host already publishes",
         "mx1.example.test: tlsa[0].certificate: _25._tcp.mx1.example.test TLSA is already "
-        "web1.example.test's (tlsa[0].name): a name and type belong to one host",
+        "web1.example.test's (tlsa[0].name): a name and type belong to one host (an HA pair "
+        "says shared: true on each publication)",
         (
             INV,
             '"tlsa": [{"port": 443, "certificate": "web"}]',
             '"tlsa": [{"port": 25, "name": "mx1.example.test", "certificate": "web"}]',
+        ),
+    ),
+    mistake(
+        "TLSA owner shared by one of its hosts only",
+        "mx1.example.test: tlsa[0].certificate: _25._tcp.mx1.example.test TLSA is also "
+        "web1.example.test's (tlsa[0].name) and web1.example.test's says shared, this one does "
+        "not: every publication at a shared owner says shared: true",
+        (
+            INV,
+            '"tlsa": [{"port": 443, "certificate": "web"}]',
+            '"tlsa": [{"port": 25, "name": "mx1.example.test", "certificate": "web", '
+            '"shared": True}]',
+        ),
+    ),
+    mistake(
+        "TLSA owner shared by hosts with ACME certificates",
+        "mx1.example.test: tlsa[0].certificate: _25._tcp.mx1.example.test TLSA is shared, but "
+        "an ACME certificate's record is published by its host's agent into the host's own "
+        "shadow name: an owner several hosts share needs CA-issued certificates",
+        (
+            INV,
+            '"tlsa": [{"port": 443, "certificate": "web"}]',
+            '"tlsa": [{"port": 25, "name": "mx1.example.test", "certificate": "web", '
+            '"shared": True}]',
+        ),
+        (
+            INV,
+            '"tlsa": [{"port": 25, "certificate": "mail"}]',
+            '"tlsa": [{"port": 25, "certificate": "mail", "shared": True}]',
         ),
     ),
     mistake(

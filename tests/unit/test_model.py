@@ -617,12 +617,45 @@ def test_a_delegated_name_belongs_to_one_host() -> None:
     groups = second_host(base_groups(), {"certificates": [cert], "tlsa": tlsa})
     assert problems(base_all(), groups) == [
         "web1.example.test: tlsa[0].name: _25._tcp.mx1.example.test TLSA is already "
-        "mx1.example.test's (tlsa[0].certificate): a name and type belong to one host"
+        "mx1.example.test's (tlsa[0].certificate): a name and type belong to one host (an HA "
+        "pair says shared: true on each publication)"
     ]
     # One host may use one name twice (a wildcard and its base share the challenge name).
     groups = base_groups()
     mx1(groups)["certificates"][0]["names"] = ["mx1.example.test", "*.mx1.example.test"]
     assert problems(base_all(), groups) == []
+
+
+def test_an_ha_pair_shares_a_tlsa_owner_when_every_publication_says_so() -> None:
+    """Two hosts behind pg.example.test, each with its own CA-issued key: one RRset."""
+    groups = base_groups()
+    for fqdn in ("db1.example.test", "db2.example.test"):
+        groups.setdefault("db", []).append(
+            (
+                f"@docker/{fqdn.split('.')[0]}",
+                {
+                    "fqdn": fqdn,
+                    "certificates": [
+                        {"name": "pg", "names": [fqdn, "pg.example.test"], "issuer": "duckcorp"}
+                    ],
+                    "tlsa": [
+                        {
+                            "port": 5432,
+                            "name": "pg.example.test",
+                            "certificate": "pg",
+                            "shared": True,
+                        }
+                    ],
+                },
+            )
+        )
+    assert problems(base_all(), groups) == []
+    groups["db"][1][1]["tlsa"][0]["shared"] = False
+    assert problems(base_all(), groups) == [
+        "db2.example.test: tlsa[0].name: _5432._tcp.pg.example.test TLSA is also "
+        "db1.example.test's (tlsa[0].name) and db1.example.test's says shared, this one does "
+        "not: every publication at a shared owner says shared: true"
+    ]
 
 
 @pytest.mark.parametrize(

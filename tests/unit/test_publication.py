@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pkinfra import issue, tlsa
 from pkinfra.ca import CAStore
-from pkinfra.model import Inventory, load_inventory_file
+from pkinfra.model import Certificate, Inventory, Tlsa, load_inventory_file
 from pkinfra.publication import Unpublished, ca_tlsa_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,3 +127,37 @@ def test_a_key_rollover_publishes_both_keys_until_the_old_one_is_retired(tmp_pat
     assert published() == [new_rr]
     # Another host's certificates are never retired by it.
     assert issue.retire_key(store, "web1.example.test", "postgres", new_rr.split()[-1]) == []
+
+
+def test_an_owner_two_hosts_share_holds_both_keys(tmp_path: Path) -> None:
+    """An HA pair (db1 and mon1 behind db1's PostgreSQL name, both publications shared): one
+    RRset with the key each host serves."""
+    lab = dataclasses.replace(load_inventory_file(ROOT / "inventory.py"), base_dir=tmp_path)
+    db1, mon1 = lab.hosts["db1.example.test"], lab.hosts["mon1.example.test"]
+    replica = Certificate(name="pg", names=["mon1.example.test"], issuer="duckcorp")
+    hosts = {
+        **lab.hosts,
+        "db1.example.test": db1.model_copy(
+            update={"tlsa": [db1.tlsa[0].model_copy(update={"shared": True})]}
+        ),
+        "mon1.example.test": mon1.model_copy(
+            update={
+                "certificates": [*mon1.certificates, replica],
+                "tlsa": [Tlsa(port=5432, name="db1.example.test", certificate="pg", shared=True)],
+            }
+        ),
+    }
+    inventory = dataclasses.replace(lab, hosts=hosts)
+    store = CAStore(inventory.pki_dir)
+    store.create_root("duckcorp", unencrypted=True)
+    keys = {h: ec.generate_private_key(ec.SECP256R1()) for h in ("db1", "mon1")}
+    for host, cert_name in (("db1", "postgres"), ("mon1", "pg")):
+        store.sign_csr(
+            "duckcorp", _csr(keys[host]), names=[f"{host}.example.test"], usages={"server"},
+            validity_days=30, host=f"{host}.example.test", cert_name=cert_name, passphrase=None,
+        )  # fmt: skip
+    records, missing = ca_tlsa_records(inventory, store)
+    assert missing == []
+    at_owner = sorted(r.value for r in records if r.owner == OWNER)
+    expected = sorted(tlsa.TLSARecord.build(k.public_key()).to_text() for k in keys.values())
+    assert at_owner == expected
