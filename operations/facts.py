@@ -322,6 +322,12 @@ class AgentFiles(FactBase[dict[str, str]]):
         )
 
     @override
+    @staticmethod
+    def default() -> dict[str, str]:
+        # No output (a host without the directory): pyinfra skips process() and uses this.
+        return {}
+
+    @override
     def process(self, output: list[str]) -> dict[str, str]:
         found = {}
         for line in output:

@@ -70,3 +70,10 @@ def test_agent_operation_writes_what_differs_and_drops_stale_modules() -> None:
         "rm -f /usr/local/lib/pkinfra/pkinfra/agent/old.py",
     ]
     assert host.noop_description is None
+
+
+def test_a_host_without_the_agents_directory_has_no_agent_files() -> None:
+    # pyinfra hands an empty output to default(), not to process(): both must say "none".
+    from operations.facts import AgentFiles
+
+    assert AgentFiles.default() == {} and AgentFiles().process([]) == {}
