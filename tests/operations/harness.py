@@ -19,7 +19,7 @@ from typing import Any
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from pkinfra import delivery
+from pkinfra import delivery, switch
 
 FIXTURES = Path(__file__).parent
 
@@ -109,6 +109,9 @@ class Case:
 #: Placeholders a fixture may use for values that follow the code (a file it uploads).
 PLACEHOLDERS = {
     "@DELIVERY_AGENT_SHA256@": hashlib.sha256(Path(delivery.__file__).read_bytes()).hexdigest(),
+    # The switch program a CA-issued certificate's rollover feeds to the host's python3, as it
+    # stands inside a JSON string.
+    "@SWITCH_SOURCE@": json.dumps(Path(switch.__file__).read_text())[1:-1],
 }
 
 
