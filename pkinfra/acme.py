@@ -328,6 +328,8 @@ AGENT_FILES = (
     "pkinfra/agent/dane_publish.py",
     "pkinfra/agent/rollover.py",
     "pkinfra/dnsupdate.py",
+    "pkinfra/rollover.py",
+    "pkinfra/switch.py",
     "pkinfra/tlsa.py",
 )
 DANE_PUBLISH = "/usr/local/bin/pkinfra-dane-publish"
