@@ -327,6 +327,7 @@ AGENT_FILES = (
     "pkinfra/agent/certbot_hook.py",
     "pkinfra/agent/dane_publish.py",
     "pkinfra/agent/rollover.py",
+    "pkinfra/agent/status_probe.py",
     "pkinfra/dnsupdate.py",
     "pkinfra/rollover.py",
     "pkinfra/switch.py",

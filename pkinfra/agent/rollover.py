@@ -50,11 +50,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from pkinfra import rollover as planner
 from pkinfra import switch, tlsa
-from pkinfra.agent import dane_publish
+from pkinfra.agent import dane_publish, status_probe
 from pkinfra.dnsupdate import DNSUpdateError
 
 CONFIG = "/etc/pkinfra/rollover.json"
@@ -336,9 +334,10 @@ class Rollover:
         order, told the lineage and its names; a failing one is reported, the rest still run."""
         hooks = self.live.parent / "renewal-hooks" / "deploy"
         found = sorted(hooks.iterdir()) if hooks.is_dir() else []
+        cert = (live / "cert.pem").read_bytes()
         env = {
             "RENEWED_LINEAGE": str(live),
-            "RENEWED_DOMAINS": " ".join(_names(live / "cert.pem")),
+            "RENEWED_DOMAINS": " ".join(status_probe.cert_info(cert).get("names", [])),
         }
         for hook in found:
             if not hook.is_file() or not os.access(hook, os.X_OK) or hook.name.endswith("~"):
@@ -430,16 +429,6 @@ def _run(
 def _last_line(done: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
     return lines[-1].strip() if lines else f"exit {done.returncode}"
-
-
-def _names(cert_file: Path) -> list[str]:
-    """The DNS names of a certificate (what certbot gives its deploy hooks)."""
-    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.get_values_for_type(x509.DNSName))
 
 
 def _write_secret(path: Path, data: bytes) -> None:
