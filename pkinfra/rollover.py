@@ -144,23 +144,12 @@ def plan(kind: str, state: Mapping[str, Any], seen: Seen) -> Step:
     if now == PUBLISH:
         if not seen.next_key:
             return Step(NOTHING, "the next key is made by this run first", label)
-        if kind == ACME:
-            return Step(
-                PUBLISH,
-                "resuming step 1 (it was interrupted)",
-                label,
-                then_switch=seen.wait >= seen.ttl,
-                saves=saves,
-            )
-        then = seen.wait >= seen.ttl
-        return Step(
-            PUBLISH,
-            "checking that every authoritative server serves the next record"
-            + (f", then step 2 after the TTL ({int(seen.ttl)} s)" if then else ""),
-            label,
-            then_switch=then,
-            saves=saves,
+        why = (
+            "resuming step 1 (it was interrupted)"
+            if kind == ACME
+            else "checking that every authoritative server serves the next record" + _then(seen)
         )
+        return Step(PUBLISH, why, label, then_switch=seen.wait >= seen.ttl, saves=saves)
     if now == SWITCH:
         if step == GATE_PASSED[kind]:
             return Step(SWITCH, resuming, label, saves=saves)
@@ -213,15 +202,18 @@ def _idle(kind: str, step: Any, label: Any, seen: Seen) -> Step:
             asked,
             saves=saves,
         )
-    then = seen.wait >= seen.ttl
     return Step(
         BEGIN,
-        "step 1 (next key, TLSA for both keys)"
-        + (f", then step 2 after the TTL ({int(seen.ttl)} s)" if then else ""),
+        "step 1 (next key, TLSA for both keys)" + _then(seen),
         asked,
-        then_switch=then,
+        then_switch=seen.wait >= seen.ttl,
         saves=saves,
     )
+
+
+def _then(seen: Seen) -> str:
+    """What a run that may wait out the TTL adds to a step 1's reason."""
+    return f", then step 2 after the TTL ({int(seen.ttl)} s)" if seen.wait >= seen.ttl else ""
 
 
 def abort_refusal(kind: str, state: Mapping[str, Any]) -> str:
