@@ -15,7 +15,7 @@ from pyinfra.api import DeployError
 from operations import pki
 from operations.context import inventory, this_host, track_certificate_op
 from operations.facts import PkiDirInfo, PkiFiles, RolloverState
-from pkinfra import issue
+from pkinfra import issue, rollover
 from pkinfra.agent.paths import ROLLOVER_DIR
 from pkinfra.ca import CAError, CAStore
 from pkinfra.model import NEXT_SUFFIX, tlsa_owner, zone_of
@@ -100,7 +100,7 @@ if not plan.empty:
             "done",
             cert.rollover,
         )
-        if asked or st.get("step") in pki.ROLLOVER_STEPS:
+        if asked or rollover.active(rollover.CA, st):
             rolling[cert.name] = st
     next_dirs = [f"{c.host_directory}/next" for c in plan.certificates if c.name in rolling]
     # None while openssl is missing (a fresh host before the base packages): all is "missing".

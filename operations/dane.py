@@ -8,6 +8,7 @@ from pyinfra.api import OperationError, operation
 from operations.context import announce
 from operations.facts import DaneServed, RolloverState
 from operations.util import q
+from pkinfra import rollover
 from pkinfra.agent.paths import DANE_CONFIG, DANE_PUBLISH, ROLLOVER, ROLLOVER_CONFIG, ROLLOVER_DIR
 
 
@@ -56,7 +57,8 @@ def key_rollover(
 ):
     """
     Ensure the key of an ACME certificate has been rolled over to ``label`` (two steps; the
-    host's ``pkinfra-rollover`` does the work and keeps the state).
+    host's ``pkinfra-rollover`` does the work and keeps the state; ``pkinfra.rollover`` says
+    which step comes next).
 
     + certificate: the certbot lineage (the inventory's certificate name)
     + label: the inventory's ``rollover`` label; None: no rollover asked (one in progress ends)
@@ -70,53 +72,18 @@ def key_rollover(
 
         dane.key_rollover(certificate="mail", label="2026-11", ttl=60, wait=90)
     """
-    found = host.get_fact(RolloverState, path=f"{state_dir}/{certificate}.json")
-    state = (found or {}).get("state") or {}
-    now = (found or {}).get("now", 0)
-    step = state.get("step")
-    have = state.get("label")
-    command = f"{ROLLOVER} --config {q(ROLLOVER_CONFIG)}"
-    active = step in ("starting", "published", "switching", "switched", "retiring")
-    if step == "unreadable":
-        raise OperationError(
-            f"key rollover {certificate}: the state file on the host is unreadable"
-        )
-
-    if not active:
-        if label is None or (step == "done" and have == label):
-            host.noop(
-                f"key rollover {certificate}: "
-                + (f"rolled over to '{label}'" if label else "none asked")
-            )
-            return
-        if step == "aborted" and have == label:
-            host.noop(f"key rollover {certificate}: '{label}' was aborted on the host")
-            return
-        announce(
-            f"key rollover {certificate} to '{label}': step 1 (next key, TLSA for both keys)"
-            + (f", then step 2 after the TTL ({ttl} s)" if wait >= ttl else "")
-        )
-        yield f"{command} start {q(certificate)} --label {q(label)}"
-        if wait >= ttl:
-            yield f"{command} finish {q(certificate)} --wait {int(wait)}"
+    found = host.get_fact(RolloverState, path=f"{state_dir}/{certificate}.json") or {}
+    seen = rollover.Seen(asked=label, now=found.get("now", 0), ttl=ttl, wait=wait)
+    step = rollover.plan(rollover.ACME, found.get("state") or {}, seen)
+    if step.action == rollover.REFUSE:
+        raise OperationError(step.text(certificate))
+    if step.action in (rollover.NOTHING, rollover.WAIT):
+        host.noop(step.text(certificate))
         return
-
-    if step == "published":
-        left = max(0, int(state.get("served_since", 0)) + ttl - now)
-        if left > wait:
-            host.noop(
-                f"key rollover {certificate} to '{have}': step 2 in {left} s (the next TLSA "
-                "record must be served for the TTL first)"
-            )
+    announce(step.text(certificate))
+    command = f"{ROLLOVER} --config {q(ROLLOVER_CONFIG)}"
+    if step.action in (rollover.BEGIN, rollover.PUBLISH):
+        yield f"{command} start {q(certificate)} --label {q(str(step.label))}"
+        if not step.then_switch:
             return
-        announce(f"key rollover {certificate} to '{have}': step 2 (switch to the next key)")
-    elif step == "starting":
-        announce(f"key rollover {certificate} to '{have}': resuming step 1 (it was interrupted)")
-        yield f"{command} start {q(certificate)} --label {q(str(have))}"
-        if wait < ttl:
-            return
-    else:
-        announce(
-            f"key rollover {certificate} to '{have}': resuming step 2 (it stopped at '{step}')"
-        )
     yield f"{command} finish {q(certificate)} --wait {int(max(wait, 0))}"

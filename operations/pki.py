@@ -28,13 +28,12 @@ from operations.util import (
     genpkey,
     install_command,
     install_staged,
-    key_matches_command,
     new_name,
     ownership_fixes,
     q,
     upload_atomic,
 )
-from pkinfra import dnsupdate, issue
+from pkinfra import dnsupdate, issue, rollover, switch
 from pkinfra.agent import paths
 from pkinfra.ca import CAError, CAStore, PassphraseSource
 
@@ -749,8 +748,6 @@ def crls(
 
 # -- key rollover of a CA-issued certificate ----------------------------------------------------
 
-ROLLOVER_STEPS = ("issued", "published", "switched")
-
 
 @operation()
 def key_rollover(
@@ -794,9 +791,10 @@ def key_rollover(
     Step 1 (a run): the next key and certificate; its record joins the zone with the next
     run's DNS deploy, and this operation then checks every server and notes the time. Step 2
     (once served for ``ttl``): the next key's certificate is signed under ``cert_name`` and
-    the next key and files replace the live ones; the services get them in the same run. A
-    later run, once no service of the certificate has a notification pending, revokes the old
-    key's certificates (superseded), which drops the old record, and removes ``next/``.
+    the next key and files replace the live ones in one atomic step (``pkinfra.switch``); the
+    services get them in the same run. A later run, once no service of the certificate has a
+    notification pending, revokes the old key's certificates (superseded), which drops the old
+    record, and removes ``next/``. Each step is the one ``pkinfra.rollover`` plans.
 
     **Example:**
 
@@ -812,75 +810,59 @@ def key_rollover(
     path = f"{state_dir}/{cert_name}.json"
     found = host.get_fact(RolloverState, path=path) or {}
     state = found.get("state") or {}
-    now = int(found.get("now", 0))
-    step, have = state.get("step"), state.get("label")
-    if step == "unreadable":
-        raise OperationError(f"key rollover {cert_name}: {path} on the host is unreadable")
-    what = f"key rollover {cert_name}"
-    if step not in ROLLOVER_STEPS:
-        if label is None or (step == "done" and have == label):
-            host.noop(f"{what}: " + (f"rolled over to '{label}'" if label else "none asked"))
-            return
-        key = _dir_info(directory, current)["key"]
-        if not key or not key.get("spki_sha256"):
-            host.noop(f"{what}: waits for the certificate's first key")
-            return
-        announce(
-            f"{what} to '{label}': step 1: next key and certificate in {directory}/next; its "
-            "TLSA record joins the zone with the next run's DNS deploy"
-        )
-        yield _write_state(path, {"label": label, "step": "issued", "old": key["spki_sha256"]})
-        return
-
     next_dir = f"{directory}/next"
-    nxt = _dir_info(next_dir, next_current)["key"]
-    if step == "switched":
-        pending = host.get_fact(DirectoryFiles, directory=paths.PENDING_DIR) or []
-        waiting = sorted(set(services) & set(pending))
-        if waiting:
-            host.noop(
-                f"{what} to '{have}': the old key's record stays until {', '.join(waiting)} "
-                "has been told (notification pending)"
-            )
-            return
-        announce(f"{what} to '{have}': every service has the new key; the old one is retired")
+    # Only what the plan looks at is read: the current key to begin, the next one after that.
+    in_progress = rollover.active(rollover.CA, state)
+    key = None if in_progress else _dir_info(directory, current)["key"]
+    nxt = _dir_info(next_dir, next_current)["key"] if in_progress else None
+    pending = None
+    if rollover.at(rollover.CA, state) == rollover.DELIVER:
+        told = host.get_fact(DirectoryFiles, directory=paths.PENDING_DIR) or []
+        pending = sorted(set(services) & set(told))
+    seen = rollover.Seen(
+        asked=label,
+        now=int(found.get("now", 0)),
+        ttl=ttl,
+        wait=wait,
+        old_key=bool(key and key.get("spki_sha256")),
+        next_key=bool(nxt and nxt.get("spki_sha256")),
+        next_dir=next_dir,
+        pending=pending,
+    )
+    step = rollover.plan(rollover.CA, state, seen)
+    if step.action == rollover.REFUSE:
+        raise OperationError(f"{step.text(cert_name)} ({path})")
+    if step.action in (rollover.NOTHING, rollover.WAIT):
+        host.noop(step.text(cert_name))
+        return
+    announce(step.text(cert_name))
+    if step.action == rollover.BEGIN:
+        assert key is not None
+        yield _write_state(path, {"label": label, "step": step.saves, "old": key["spki_sha256"]})
+        return
+    if step.action == rollover.RETIRE:
         yield FunctionCommand(
             _retire_key,
             (),
             {"store": store, "host_id": host_id, "cert_name": cert_name, "spki": state["old"]},
         )
         yield f"rm -rf {q(next_dir)}"
-        yield _write_state(path, {**state, "step": "done"})
+        yield _write_state(path, {**state, "step": step.saves})
         return
 
-    if not nxt or not nxt.get("spki_sha256"):
-        host.noop(f"{what} to '{have}': the next key is made by this run first")
-        return
+    assert nxt is not None and nxt["spki_sha256"] is not None
     record = f"3 1 1 {nxt['spki_sha256']}"
     check = {"owners": list(owners), "record": record, "servers": list(servers)}
-    if step == "issued":
-        hold = ttl if wait >= ttl else None
-        announce(
-            f"{what} to '{have}': checking that every authoritative server serves the next "
-            "record" + (f", then step 2 after the TTL ({ttl} s)" if hold is not None else "")
-        )
+    if step.action == rollover.PUBLISH:
+        published = {**state, "step": step.saves}
+        hold = ttl if step.then_switch else None
         yield FunctionCommand(
-            _next_served,
-            (),
-            {**check, "path": path, "new_state": {**state, "step": "published"}, "hold": hold},
+            _next_served, (), {**check, "path": path, "new_state": published, "hold": hold}
         )
         if hold is None:
             return
-    else:  # published
-        left = max(0, int(state.get("served_since", 0)) + ttl - now)
-        if left > wait:
-            host.noop(
-                f"{what} to '{have}': step 2 in {left} s (the next TLSA record must be served "
-                "for the TTL first)"
-            )
-            return
-        announce(f"{what} to '{have}': step 2 (switch to the next key)")
-        yield FunctionCommand(_next_served, (), {**check, "hold": left, "path": None})
+    else:  # SWITCH, after the last check
+        yield FunctionCommand(_next_served, (), {**check, "hold": step.left, "path": None})
     yield FunctionCommand(
         _issue,
         (),
@@ -897,8 +879,10 @@ def key_rollover(
             "expected_spki": nxt["spki_sha256"],
         },
     )
-    yield _switch_command(directory, next_dir)
-    yield _write_state(path, {**state, "step": "switched", "new": nxt["spki_sha256"]})
+    # One atomic step on the host: the directory never holds a key beside another's certificate.
+    yield switch.program(directory, next_dir)
+    switched = rollover.SAVES[rollover.CA][rollover.SWITCH]
+    yield _write_state(path, {**state, "step": switched, "new": nxt["spki_sha256"]})
 
 
 def _write_state(path: str, state: dict[str, Any], time_field: str | None = None) -> str:
@@ -911,20 +895,6 @@ def _write_state(path: str, state: dict[str, Any], time_field: str | None = None
         body = f"printf '%s\\n' {q(text)}"
     tmp = q(new_name(path))
     return f"mkdir -p {q(path.rpartition('/')[0])} && {body} > {tmp} && mv -f {tmp} {q(path)}"
-
-
-def _switch_command(directory: str, next_dir: str) -> str:
-    """Copy the next key and its files beside the live ones, check they belong together, then
-    rename each into place (key first)."""
-    files = ["key.pem", "cert.pem", "chain.pem", "fullchain.pem", "bundle.pem"]
-    copies = " && ".join(
-        f"cp -p {q(f'{next_dir}/{f}')} {q(new_name(f'{directory}/{f}'))}" for f in files
-    )
-    check = key_matches_command(new_name(f"{directory}/key.pem"), new_name(f"{directory}/cert.pem"))
-    moves = " && ".join(
-        f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files
-    )
-    return f"umask 077 && {copies} && {check} && {moves}"
 
 
 def _next_served(state: Any, host: Any, **kw: Any) -> bool:

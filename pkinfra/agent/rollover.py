@@ -1,28 +1,31 @@
 """Key rollover of an ACME certificate without a DANE gap: ``pkinfra-rollover``, on the host.
 
 RFC 7671: the TLSA RRset must always hold a record that matches the certificate being served.
-A rollover is two steps, with its state in ``/etc/pkinfra/rollover/<certificate>.json``:
+The rollover is the one ``pkinfra.rollover`` describes (it decides each next step; this carries
+them out), in two commands, with its state in ``/etc/pkinfra/rollover/<certificate>.json``:
 
 1. ``start CERT --label L``: certbot issues a second lineage ``<CERT>-next`` (a new lineage has
    a new key), the publisher makes the TLSA RRset "3 1 1" of the current key *and* the next one
    and waits until every authoritative server serves both. The state records when.
 2. ``finish CERT``: only once every authoritative server serves the next record (checked again)
-   and at least the TTL has passed since (so no cache still holds an RRset without it), the next
-   key is staged into the main lineage and ``certbot renew --force-renewal`` (the lineage keeps
-   ``reuse_key``) issues its certificate for that key: certbot's deploy hooks publish and
-   deliver as on any renewal. Once every service of the lineage has the new files and has been
-   told, the ``-next`` lineage is deleted and the old record removed.
+   and at least the TTL has passed since (so no cache still holds an RRset without it), the
+   next lineage's key, certificate and chain become the newest generation of the main lineage
+   and its ``live/`` links switch to them in one atomic step (``pkinfra.switch``: the lineage
+   never shows a key beside another key's certificate, even after a ``kill -9``); no ACME
+   request is needed. certbot's deploy hooks then run as after a renewal and publish and
+   deliver. Once every service of the lineage has the new files and has been told, the
+   ``-next`` lineage is deleted and the old record removed.
 
 The main lineage keeps its name, so nothing else (services, renewal timer, pyinfra) needs to
-know that a rollover happened. Until the end of step 2, the old key's record is kept in the
-state (``keep``) and the publisher keeps publishing it: no record is removed while its
-certificate may still be served.
+know that a rollover happened; certbot's next renewal reuses the new key. Until the end of step
+2, the old key's record is kept in the state (``keep``) and the publisher keeps publishing it:
+no record is removed while its certificate may still be served.
 
 Interrupted, either step resumes where it stopped: ``start`` again finds the next lineage and
-republishes; ``finish`` finds the key already staged or the certificate already renewed. A
-failed renewal puts the old key back (it is kept beside the state until the end) and leaves the
-rollover at step 1. ``abort CERT`` (only before the switch) deletes the next lineage and its
-record.
+republishes; ``finish`` removes what a killed switch left beside the lineage and switches, or
+finds it switched, and runs the hooks again. A switch that cannot be made (a broken next
+lineage) changes nothing and leaves the rollover at step 1. ``abort CERT`` (only before the
+switch) deletes the next lineage and its record.
 
 The configuration (``/etc/pkinfra/rollover.json``, written by the deploy; no secret)::
 
@@ -47,8 +50,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pkinfra import tlsa
-from pkinfra.agent import dane_publish
+from pkinfra import rollover as planner
+from pkinfra import switch, tlsa
+from pkinfra.agent import dane_publish, status_probe
 from pkinfra.agent.errors import PkinfraError
 from pkinfra.dnsupdate import DNSUpdateError
 
@@ -56,8 +60,11 @@ CONFIG = "/etc/pkinfra/rollover.json"
 LIVE = Path("/etc/letsencrypt/live")
 #: What a step reports when it has to wait (not a failure: run ``finish`` again later).
 EXIT_WAIT = 3
-ACTIVE = ("starting", "published", "switching", "switched", "retiring")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+#: Runs a command (``args``, extra ``env``), its output captured: ``_run`` or a test's stand-in.
+Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 class RolloverError(PkinfraError):
@@ -90,7 +97,7 @@ class Rollover:
         config: dict[str, Any],
         *,
         live: Path = LIVE,
-        run: Callable[[Sequence[str]], subprocess.CompletedProcess[str]] | None = None,
+        run: Runner | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -191,26 +198,42 @@ class Rollover:
                 return why
         return ""
 
+    def plan(self, *, asked: str | None = None, wait: float = 0.0) -> planner.Step:
+        """What comes next (``pkinfra.rollover``); ``asked``: ``start``'s label."""
+        seen = planner.Seen(
+            asked=asked, explicit=asked is not None, now=self.clock(), ttl=self.ttl, wait=wait
+        )
+        return planner.plan(planner.ACME, self.state(), seen)
+
     # -- step 1 ---------------------------------------------------------------------------------
 
     def start(self, label: str) -> str:
-        state = self.state()
-        step = state.get("step")
-        if step in ACTIVE and state.get("label") != label:
-            raise RolloverError(
-                f"{self.cert}: a rollover to '{state.get('label')}' is at step '{step}'; "
-                "finish or abort it first"
-            )
-        if step in ("published", "switching", "switched", "retiring"):
-            return f"{self.cert}: step 1 of the rollover to '{label}' is done; run finish"
-        if step == "done" and state.get("label") == label:
-            return f"{self.cert}: the key was rolled over to '{label}' already; nothing to do"
+        while True:
+            step = self.plan(asked=label)
+            if step.action == planner.REFUSE:
+                raise RolloverError(f"{self.cert}: {step.reason}")
+            if step.action == planner.NOTHING:
+                return f"{self.cert}: {step.reason}; nothing to do"
+            if step.action == planner.BEGIN:
+                self._begin(label, step)
+            elif step.action == planner.PUBLISH:
+                self._publish_next(step)
+                return (
+                    f"{self.cert}: step 1 done: TLSA for the current and the next key served by "
+                    f"every authoritative server; step 2 (finish) from {int(self.ttl)} s on"
+                )
+            else:
+                return f"{self.cert}: step 1 of the rollover to '{label}' is done; run finish"
+
+    def _begin(self, label: str, step: planner.Step) -> None:
         current = self.lineage() / "cert.pem"
         if not current.exists():
             raise RolloverError(f"{self.cert}: no certificate at {current} to roll over from")
         old = record_of(current)
-        self.save(step="starting", label=label, keep=[old], started=int(self.clock()))
+        self.save(step=step.saves, label=label, keep=[old], started=int(self.clock()))
 
+    def _publish_next(self, step: planner.Step) -> None:
+        old = (self.state().get("keep") or [record_of(self.lineage() / "cert.pem")])[0]
         next_cert = self.lineage(self.next) / "cert.pem"
         if next_cert.exists() and record_of(next_cert) != old:
             _say(f"{self.cert}: next lineage {self.next} exists already (resumed)")
@@ -225,79 +248,104 @@ class Rollover:
         if new == old:
             raise RolloverError(f"{self.cert}: lineage {self.next} has the current key")
         self.publish()
-        self.save(step="published", next_record=new, served_since=int(self.clock()))
-        return (
-            f"{self.cert}: step 1 done: TLSA for the current and the next key served by every "
-            f"authoritative server; step 2 (finish) from {int(self.ttl)} s on"
-        )
+        self.save(step=step.saves, next_record=new, served_since=int(self.clock()))
 
     # -- step 2 ---------------------------------------------------------------------------------
 
-    def remaining(self, state: dict[str, Any]) -> float:
-        return max(0.0, float(state.get("served_since", 0)) + self.ttl - self.clock())
-
     def finish(self, wait: float = 0.0) -> str:
-        state = self.state()
-        step = state.get("step")
-        if step not in ACTIVE:
+        if not planner.active(planner.ACME, self.state()):
             return f"{self.cert}: no rollover in progress; nothing to do"
-        if step == "starting":
-            raise RolloverError(f"{self.cert}: step 1 did not complete; run start again")
-        if step == "published":
-            self._wait_for_records(state, wait)
-            state = self.save(step="switching")
-        if state["step"] == "switching":
-            self._switch(state)
-            state = self.save(step="switched")
-        if state["step"] == "switched":
-            self._deliveries_done()
-            state = self.save(step="retiring")
-        self._retire()
-        self.backup_file.unlink(missing_ok=True)
-        self.save(step="done", keep=[], finished=int(self.clock()))
-        return f"{self.cert}: key rolled over to '{state.get('label')}'; the old record is gone"
+        while True:
+            step = self.plan(wait=wait)
+            if step.action in (planner.BEGIN, planner.PUBLISH):
+                raise RolloverError(f"{self.cert}: step 1 did not complete; run start again")
+            if step.action == planner.WAIT:
+                self._gate()
+                raise Waiting(
+                    f"{self.cert}: the next record has been served for "
+                    f"{int(self.ttl - step.left)} s of the TTL ({int(self.ttl)} s); "
+                    f"step 2 in {int(step.left) + 1} s"
+                )
+            if step.action == planner.SWITCH:
+                if step.gate:
+                    self._gate(step.left)
+                    self.save(step=planner.GATE_PASSED[planner.ACME])
+                self._switch(self.state())
+            elif step.action == planner.DELIVER:
+                self._deliveries_done()
+            elif step.action == planner.RETIRE:
+                self._retire()
+                self.backup_file.unlink(missing_ok=True)
+                self.save(step=step.saves, keep=[], finished=int(self.clock()))
+                return f"{self.cert}: key rolled over to '{step.label}'; the old record is gone"
+            else:
+                raise RolloverError(f"{self.cert}: {step.reason}")
+            self.save(step=step.saves)
 
-    def _wait_for_records(self, state: dict[str, Any], wait: float) -> None:
+    def _gate(self, hold: float = 0.0) -> None:
+        """Every authoritative server serves the next record (after ``hold`` s: again)."""
         why = self.visible()
         if why:
             raise RolloverError(f"{self.cert}: step 2 refused: {why}")
-        left = self.remaining(state)
-        if left > wait:
-            raise Waiting(
-                f"{self.cert}: the next record has been served for "
-                f"{int(self.ttl - left)} s of the TTL ({int(self.ttl)} s); "
-                f"step 2 in {int(left) + 1} s"
-            )
-        if left > 0:
-            _say(f"{self.cert}: waiting {left:.0f} s until the TTL has passed")
-            self.sleep(left)
+        if hold > 0:
+            _say(f"{self.cert}: waiting {hold:.0f} s until the TTL has passed")
+            self.sleep(hold)
             why = self.visible()
             if why:
                 raise RolloverError(f"{self.cert}: step 2 refused: {why}")
 
     def _switch(self, state: dict[str, Any]) -> None:
-        live = self.lineage()
+        """The next lineage's files into the main lineage in one step, then certbot's deploy
+        hooks, as after a renewal."""
+        live, source = self.lineage(), self.lineage(self.next)
         want = state["next_record"]
-        if record_of(live / "cert.pem") == want and record_of(live / "privkey.pem") == want:
-            return  # renewed already (resumed, or a renewal ran in between)
-        key_file = (live / "privkey.pem").resolve()
-        if record_of(key_file) != want:
-            if not self.backup_file.exists():
-                _write_secret(self.backup_file, key_file.read_bytes())
-            _write_secret(key_file, (self.lineage(self.next) / "privkey.pem").read_bytes())
-        _say(f"{self.cert}: renewing {self.cert} with the next key (certbot's hooks deliver it)")
-        done = self.run(
-            ["certbot", "renew", "--cert-name", self.cert, "--force-renewal", "--non-interactive"]
-        )
-        if done.returncode != 0 or record_of(live / "cert.pem") != want:
-            # The lineage must not keep a key without its certificate: the old one goes back.
-            if record_of(live / "cert.pem") != want and self.backup_file.exists():
-                _write_secret(key_file, self.backup_file.read_bytes())
-            self.save(step="published")
+        if record_of(source / "cert.pem") != want:
+            self.save(step=planner.SAVES[planner.ACME][planner.PUBLISH])
             raise RolloverError(
-                f"{self.cert}: the renewal with the next key failed, the old key is back "
-                f"(still at step 1): {_last_line(done)}"
+                f"{self.cert}: lineage {self.next} no longer has the key whose record was "
+                "published; abort and start again"
             )
+        self._put_back_old_key(live, want)
+        try:
+            how = switch.switch_lineage(live, source)
+        except (switch.SwitchError, OSError) as exc:
+            self.save(step=planner.SAVES[planner.ACME][planner.PUBLISH])
+            raise RolloverError(
+                f"{self.cert}: the switch to the next key failed, the old key stays "
+                f"(still at step 1): {exc}"
+            ) from None
+        _say(f"{self.cert}: {self.cert} has the next key: {how}; certbot's deploy hooks deliver it")
+        self._deploy_hooks(live)
+        switch.crash_point("hooks-run")
+
+    def _put_back_old_key(self, live: Path, want: str) -> None:
+        """An agent before the atomic switch wrote the next key over the lineage's key, then
+        renewed; killed in between, it left that key beside the old certificate and the old key
+        in ``backup_file``: the old key goes back first, so the pair matches until the switch."""
+        key_file = (live / "privkey.pem").resolve()
+        if (
+            self.backup_file.exists()
+            and record_of(key_file) == want
+            and record_of(live / "cert.pem") != want
+        ):
+            _write_secret(key_file, self.backup_file.read_bytes())
+
+    def _deploy_hooks(self, live: Path) -> None:
+        """What certbot runs after a renewal: each executable of ``renewal-hooks/deploy``, in
+        order, told the lineage and its names; a failing one is reported, the rest still run."""
+        hooks = self.live.parent / "renewal-hooks" / "deploy"
+        found = sorted(hooks.iterdir()) if hooks.is_dir() else []
+        cert = (live / "cert.pem").read_bytes()
+        env = {
+            "RENEWED_LINEAGE": str(live),
+            "RENEWED_DOMAINS": " ".join(status_probe.cert_info(cert).get("names", [])),
+        }
+        for hook in found:
+            if not hook.is_file() or not os.access(hook, os.X_OK) or hook.name.endswith("~"):
+                continue
+            done = self.run([str(hook)], env=env)
+            if done.returncode != 0:
+                _say(f"{self.cert}: deploy hook {hook.name} failed: {_last_line(done)}")
 
     def _deliveries_done(self) -> None:
         command = self.config.get("delivery")
@@ -335,10 +383,9 @@ class Rollover:
     # -- abort ----------------------------------------------------------------------------------
 
     def abort(self) -> str:
-        state = self.state()
-        step = state.get("step")
-        if step not in ("starting", "published"):
-            return f"{self.cert}: nothing to abort (step: {step or 'none'})"
+        why = planner.abort_refusal(planner.ACME, self.state())
+        if why:
+            return f"{self.cert}: {why}"
         if self.lineage(self.next).exists():
             done = self.run(["certbot", "delete", "--cert-name", self.next, "--non-interactive"])
             if done.returncode != 0:
@@ -353,8 +400,9 @@ class Rollover:
     def status(self) -> dict[str, Any]:
         state = self.state()
         out = {"certificate": self.cert, "ttl": self.ttl, **state}
-        if state.get("step") == "published":
-            out["wait"] = int(self.remaining(state))
+        step = self.plan()
+        if step.action == planner.WAIT or step.gate:
+            out["wait"] = int(step.left)
         return out
 
 
@@ -365,13 +413,15 @@ class Waiting(RolloverError):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _run(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: Sequence[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(args),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
-        env={"PATH": PATH, "LANG": "C.UTF-8"},
+        env={"PATH": PATH, "LANG": "C.UTF-8", **(env or {})},
         timeout=600,
         check=False,
     )

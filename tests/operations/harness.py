@@ -20,7 +20,7 @@ from typing import Any
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from pkinfra import install
+from pkinfra import install, switch
 
 FIXTURES = Path(__file__).parent
 
@@ -125,6 +125,9 @@ PLACEHOLDERS = {
     '"@AGENT_FILES@"': json.dumps(
         {path: hashlib.sha256(data).hexdigest() for path, data in install.agent_files().items()}
     ),
+    # The switch program a CA-issued certificate's rollover feeds to the host's python3, as it
+    # stands inside a JSON string.
+    "@SWITCH_SOURCE@": json.dumps(Path(switch.__file__).read_text())[1:-1],
 }
 
 

@@ -1,10 +1,12 @@
 """Key rollover on the host (pkinfra.agent.rollover) against a real BIND primary and secondary.
 
 certbot is played by a small stand-in that keeps certbot's lineage layout (``live/`` symlinks
-into ``archive/``, ``reuse_key`` renewals that read ``live/<name>/privkey.pem``) and runs the
-deploy hooks in certbot's order: the real TLSA publisher, then a delivery that copies the
-lineage's certificate to what the "service" serves. After every step the test checks RFC 7671's
-rule on the real servers: the RRset always holds the record of the certificate being served.
+into ``archive/``, all four files, ``reuse_key`` renewals that read ``live/<name>/privkey.pem``)
+and its deploy hooks in ``renewal-hooks/deploy`` in certbot's order: the real TLSA publisher,
+then a delivery that copies the lineage's certificate to what the "service" serves. After every
+step the test checks RFC 7671's rule on the real servers: the RRset always holds the record of
+the certificate being served. The switch is killed at each of its steps (the test-only fault
+hook, here raising in process): the lineage's pair always matches and a rerun finishes.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pkinfra import tlsa
+from pkinfra import switch, tlsa
 from pkinfra.agent import dane_publish, rollover
 from tests.unit.named_fixture import MX1_TLSA, NamedLab, named_binary, running_lab
 
 OWNER = "_25._tcp.mx1.example.test."
+NAME = "mx1.example.test"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,7 @@ def _cert_for(key_pem: bytes, name: str) -> bytes:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=1))
         .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
@@ -73,13 +77,18 @@ class Certbot:
         self.root = root
         self.live = root / "live"
         self.archive = root / "archive"
+        self.hooks = root / "renewal-hooks" / "deploy"
         self.named = named
         self.dane_config = dane_config
         self.served = root / "served.pem"  # what the service presents
         self.calls: list[list[str]] = []
-        self.fail_renew = False
         self.delivery_result: dict[str, Any] = {"error": None, "held": None, "pending": False}
         self.checks = 0
+        self.chain = _cert_for(_new_key(), "Fake ACME CA")
+        self.hooks.mkdir(parents=True)
+        for hook in ("40-pkinfra-dane", "50-pkinfra-deliver"):
+            (self.hooks / hook).write_text("#!/bin/sh\n")
+            (self.hooks / hook).chmod(0o755)
 
     def issue(self, name: str, key_pem: bytes | None = None) -> None:
         version = 1
@@ -90,11 +99,19 @@ class Certbot:
             archive.mkdir(parents=True)
         if key_pem is None:
             key_pem = (self.live / name / "privkey.pem").read_bytes()
-        (archive / f"privkey{version}.pem").write_bytes(key_pem)
-        (archive / f"cert{version}.pem").write_bytes(_cert_for(key_pem, name))
+        cert = _cert_for(key_pem, NAME)  # both lineages are for the same name
+        files = {
+            "privkey": key_pem,
+            "cert": cert,
+            "chain": self.chain,
+            "fullchain": cert + self.chain,
+        }
+        for kind, data in files.items():
+            (archive / f"{kind}{version}.pem").write_bytes(data)
         live = self.live / name
         live.mkdir(parents=True, exist_ok=True)
-        for kind in ("privkey", "cert"):
+        (live / "README").write_text("certbot's README\n")
+        for kind in files:
             link = live / f"{kind}.pem"
             link.unlink(missing_ok=True)
             link.symlink_to(Path("../../archive") / name / f"{kind}{version}.pem")
@@ -108,7 +125,17 @@ class Certbot:
             assert want in self.named.values(server, MX1_TLSA, "TLSA"), server.name
         self.checks += 1
 
-    def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    def deploy_hooks(self, lineage: str) -> None:
+        """Each hook as certbot runs them after a renewal, in order."""
+        self.assert_served_record_published()
+        assert dane_publish.main(["--config", str(self.dane_config), "--lineage", lineage]) == 0
+        self.assert_served_record_published()
+        self.deliver()
+        self.assert_served_record_published()
+
+    def __call__(
+        self, args: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         args = list(args)
         self.calls.append(args)
         name = args[args.index("--cert-name") + 1] if "--cert-name" in args else ""
@@ -116,13 +143,16 @@ class Certbot:
         if args[:2] == ["certbot", "certonly"]:
             self.issue(name, _new_key())
         elif args[:2] == ["certbot", "renew"]:
-            self.assert_served_record_published()
-            if self.fail_renew:
-                return subprocess.CompletedProcess(args, 1, "", "An unexpected error: Pebble down")
             self.issue(name)
-            # Deploy hooks, in certbot's order: 40-pkinfra-dane, then 50-pkinfra-deliver.
-            assert dane_publish.main(["--config", str(self.dane_config), "--lineage", name]) == 0
+            self.deploy_hooks(name)
+        elif args[0] == str(self.hooks / "40-pkinfra-dane"):
+            assert env is not None and env["RENEWED_DOMAINS"] == NAME
+            lineage = Path(env["RENEWED_LINEAGE"])
+            assert lineage == self.live / "mail"
+            done = dane_publish.main(["--config", str(self.dane_config), "--lineage", lineage.name])
+            assert done == 0
             self.assert_served_record_published()
+        elif args[0] == str(self.hooks / "50-pkinfra-deliver"):
             self.deliver()
             self.assert_served_record_published()
         elif args[:2] == ["certbot", "delete"]:
@@ -136,6 +166,14 @@ class Certbot:
         else:
             raise AssertionError(f"unexpected command {args}")
         return subprocess.CompletedProcess(args, code, out + "\n", "")
+
+    def pair_matches(self, name: str = "mail") -> bool:
+        live = self.live / name
+        return (
+            record(live / "privkey.pem")
+            == record(live / "cert.pem")
+            == record(live / "fullchain.pem")
+        )
 
 
 class Clock:
@@ -241,26 +279,89 @@ def test_two_steps_roll_the_key_without_a_gap(
     assert "nothing to do" in r.start("2026-11")
 
 
-def test_failed_switch_puts_the_old_key_back(
+def test_a_switch_that_cannot_be_made_changes_nothing(
     lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
 ) -> None:
+    """The next lineage's key no longer matches its certificate (a broken lineage): the
+    switch refuses before it changes anything, and the rollover stays at step 1."""
     certbot, config, clock = lab
     old_key = (certbot.live / "mail" / "privkey.pem").read_bytes()
     old = record(certbot.served)
     r = agent(certbot, config, clock)
     r.start("k2")
     clock.now += 61
-    certbot.fail_renew = True
-    with pytest.raises(rollover.RolloverError, match=r"the old key is back.*Pebble down"):
+    next_key = certbot.live / "mail-next" / "privkey.pem"
+    kept = next_key.read_bytes()
+    next_key.resolve().write_bytes(_new_key())
+    with pytest.raises(
+        rollover.RolloverError,
+        match=r"the switch to the next key failed, the old key stays \(still at step 1\): "
+        r".*mail-next/cert.pem is not the certificate of the key",
+    ):
         r.finish()
     assert (certbot.live / "mail" / "privkey.pem").read_bytes() == old_key
-    assert record(certbot.live / "mail" / "cert.pem") == old
+    assert record(certbot.live / "mail" / "cert.pem") == old and certbot.pair_matches()
     assert r.state()["step"] == "published"
     assert old in served_everywhere(named)[0]
+    assert sorted(p.name for p in certbot.live.iterdir()) == ["mail", "mail-next"]
 
-    certbot.fail_renew = False
+    next_key.resolve().write_bytes(kept)
     assert "rolled over" in r.finish()
     assert record(certbot.served) != old
+
+
+#: Where a kill can land in step 2's switch (``pkinfra.switch``'s fault hook).
+SWITCH_STEPS = [
+    *(f"archived-{kind}" for kind in switch.LINEAGE_KINDS),
+    "copied",
+    "built",
+    "checked",
+    "exchanged",
+    "hooks-run",
+]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in process: nothing of the agent's may catch it."""
+
+
+@pytest.mark.parametrize("step", SWITCH_STEPS)
+def test_a_kill_at_any_step_of_the_switch_resumes(
+    lab: tuple[Certbot, dict[str, Any], Clock],
+    named: NamedLab,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """tests/unit/test_switch.py kills the switch for real; here the whole agent is stopped at
+    each step and run again: the lineage's key always matches its certificate, the service
+    serves a published record, and the rerun ends the rollover."""
+    certbot, config, clock = lab
+    r = agent(certbot, config, clock)
+    r.start("k8")
+    new = r.state()["next_record"]
+    clock.now += 61
+
+    def crash_point(name: str) -> None:
+        if name == step:
+            raise Killed(name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(switch, "crash_point", crash_point)
+        with pytest.raises(Killed):
+            r.finish()
+    assert certbot.pair_matches(), "the lineage's key is its certificate's"
+    switched = record(certbot.live / "mail" / "cert.pem") == new
+    assert switched == (step in ("exchanged", "hooks-run"))
+    certbot.assert_served_record_published()
+    assert r.state()["step"] == "switching"
+
+    assert "rolled over" in agent(certbot, config, clock).finish()
+    assert certbot.pair_matches() and record(certbot.live / "mail" / "cert.pem") == new
+    assert record(certbot.served) == new
+    assert served_everywhere(named) == [{new}] * 2
+    assert sorted(p.name for p in certbot.live.iterdir()) == ["mail"], "nothing left beside"
+    versions = sorted(p.name for p in (certbot.archive / "mail").iterdir())
+    assert versions == sorted(f"{k}{v}.pem" for k in switch.LINEAGE_KINDS for v in (1, 2))
 
 
 def test_old_record_stays_until_every_service_switched(
@@ -287,7 +388,7 @@ def test_old_record_stays_until_every_service_switched(
     assert all(old not in values for values in served_everywhere(named))
 
 
-def test_interrupted_switch_resumes(
+def test_a_switch_an_older_agent_left_half_done_resumes(
     lab: tuple[Certbot, dict[str, Any], Clock], named: NamedLab
 ) -> None:
     certbot, config, clock = lab
@@ -295,13 +396,18 @@ def test_interrupted_switch_resumes(
     r.start("k4")
     new = r.state()["next_record"]
     clock.now += 61
-    # Killed right after the key was staged into the lineage, before certbot renewed.
+    # An agent before the atomic switch, killed after it wrote the next key over the lineage's
+    # (its old key kept beside the state), before certbot renewed.
     r.save(step="switching")
     key_file = (certbot.live / "mail" / "privkey.pem").resolve()
+    old_key = key_file.read_bytes()
+    rollover._write_secret(r.backup_file, old_key)
     rollover._write_secret(key_file, (certbot.live / "mail-next" / "privkey.pem").read_bytes())
     assert "rolled over" in agent(certbot, config, clock).finish()
     assert record(certbot.served) == new
     assert served_everywhere(named) == [{new}] * 2
+    assert key_file.read_bytes() == old_key, "the old generation has its own key again"
+    assert certbot.pair_matches() and not r.backup_file.exists()
 
 
 def test_step_two_refuses_while_the_next_record_is_not_served(
@@ -319,7 +425,8 @@ def test_step_two_refuses_while_the_next_record_is_not_served(
     with pytest.raises(rollover.RolloverError, match=r"step 2 refused.*not served everywhere"):
         r.finish()
     assert record(certbot.served) == old and r.state()["step"] == "published"
-    assert not any(c[:2] == ["certbot", "renew"] for c in certbot.calls)
+    assert record(certbot.live / "mail" / "privkey.pem") == old, "nothing switched"
+    assert not any(c[0].startswith(str(certbot.hooks)) for c in certbot.calls)
 
 
 def test_another_label_while_one_runs_is_refused_and_abort_undoes_step_one(
