@@ -39,7 +39,7 @@ def genpkey(path: str, key_type: str, owner: str = "root", group: str = "root") 
 
     The key never exists under its final name half-written or with a wider mode.
     """
-    tmp = f"{path}.pkinfra-new"
+    tmp = run_staged(path)
     args = " ".join(GENPKEY_ARGS[key_type])
     return (
         f"(umask 077 && rm -f {q(tmp)} && openssl genpkey {args} -out {q(tmp)} 2>/dev/null"
@@ -61,7 +61,8 @@ STALE_STAGED_MINUTES = 60
 
 
 def run_staged(path: str) -> str:
-    """Where this run stages a secret before renaming it over ``path`` (unique per run)."""
+    """Where this run stages a file beside ``path`` before renaming it over ``path`` (unique
+    to the run)."""
     return f"{path}.pkinfra-new-{RUN_ID}"
 
 
@@ -87,9 +88,15 @@ def key_matches_command(key: str, cert: str) -> str:
 
 
 def new_name(path: str) -> str:
-    """Where a file is written before it is renamed over ``path`` (same directory)."""
+    """Where this run writes a file before it renames it over ``path`` (same directory, hidden,
+    unique to the run: two runs at once never rename each other's file)."""
     head, _, tail = path.rpartition("/")
-    return f"{head}/.{tail}.pkinfra-new"
+    return f"{head}/.{tail}.pkinfra-new-{RUN_ID}"
+
+
+def run_checked(path: str) -> str:
+    """Where this run puts the copy of ``path`` a checker reads (unique to the run)."""
+    return f"{path}.pkinfra-check-{RUN_ID}"
 
 
 def csr_command(directory: str, common_name: str) -> str:
