@@ -1,8 +1,9 @@
 """The private PKI: the inventory's CAs and their CRLs on the controller, then on every host its
 CA-issued certificates, the CA roots and bundles it trusts, and the CRLs it checks.
 
-Controller work runs once per run, on the first host pyinfra reaches (``_run_once``): those
-operations touch no host, they only need a place in the run's order, before every certificate.
+Controller work runs once per run, on the first host that gets there (``_run_once``, and only
+prepared there): those operations touch no host, they only need a place in the run's order,
+before every certificate.
 Each host's state is read by one fact (``PkiFiles``, one remote command for all of it) and handed
 to the operations that need it.
 """
@@ -13,11 +14,17 @@ from pyinfra import host
 from pyinfra.api import DeployError
 
 from operations import pki
-from operations.context import inventory, this_host, track_certificate_op
-from operations.facts import PkiDirInfo, PkiFiles, RolloverState
+from operations.context import (
+    first_to_reach,
+    inventory,
+    shared,
+    this_host,
+    track_certificate_op,
+)
+from operations.facts import PkiFiles
 from pkinfra import issue, rollover
 from pkinfra.agent.paths import ROLLOVER_DIR
-from pkinfra.ca import CAError, CAStore
+from pkinfra.ca import CAError
 from pkinfra.model import NEXT_SUFFIX, tlsa_owner, zone_of
 
 site = inventory()
@@ -33,51 +40,57 @@ try:
 except CAError as exc:
     raise DeployError(str(exc)) from None
 
-for name in issue.ca_order(site):
-    ca = cas[name]
-    imported = issue.import_paths(site, name)
-    pki.certificate_authority(
-        name=f"CA {name}",
-        ca=name,
-        store=store,
-        key_type=ca.key_type,
-        validity_days=ca.validity_days,
-        parent=ca.parent,
-        path_length=ca.path_length,
-        permitted=ca.permitted,
-        excluded=ca.excluded,
-        organization=ca.organization,
-        passphrase=issue.passphrase_spec(site, name),
-        parent_passphrase=issue.passphrase_spec(site, ca.parent) if ca.parent else None,
-        import_cert=str(imported[0]) if imported else None,
-        import_key=str(imported[1]) if imported else None,
-        _run_once=True,
-    )
-
+# Controller operations: prepared on the first host that gets here only (``_run_once`` runs
+# them once, but would still have pyinfra prepare them on every host).
 # Removed certificates first: revoking them (revoke_removed) re-issues their CAs' CRLs below.
-revoking = sorted(
-    {r.ca for r in issue.removed_certificates(CAStore(site.pki_dir), issue.holders(site))}
-    if site.settings.revoke_removed and site.pki_dir.exists()
-    else set()
+revoking = shared(
+    "pki: CAs revoking removed certificates",
+    lambda: sorted(
+        {r.ca for r in issue.removed_certificates(issue.store_for(store), issue.holders(site))}
+        if site.settings.revoke_removed and site.pki_dir.exists()
+        else set()
+    ),
 )
-pki.removed_certificates(
-    name="Certificates removed from the inventory",
-    store=store,
-    holders=issue.holders(site),
-    revoke=site.settings.revoke_removed,
-    _run_once=True,
-)
+if first_to_reach("pki: CAs and CRLs"):
+    for name in issue.ca_order(site):
+        ca = cas[name]
+        imported = issue.import_paths(site, name)
+        pki.certificate_authority(
+            name=f"CA {name}",
+            ca=name,
+            store=store,
+            key_type=ca.key_type,
+            validity_days=ca.validity_days,
+            parent=ca.parent,
+            path_length=ca.path_length,
+            permitted=ca.permitted,
+            excluded=ca.excluded,
+            organization=ca.organization,
+            passphrase=issue.passphrase_spec(site, name),
+            parent_passphrase=issue.passphrase_spec(site, ca.parent) if ca.parent else None,
+            import_cert=str(imported[0]) if imported else None,
+            import_key=str(imported[1]) if imported else None,
+            _run_once=True,
+        )
 
-for name in issue.ca_order(site):
-    pki.crl(
-        name=f"CRL {name}",
-        ca=name,
+    pki.removed_certificates(
+        name="Certificates removed from the inventory",
         store=store,
-        passphrase=issue.passphrase_spec(site, name),
-        crl_days=cas[name].crl_days,
-        revoking=name in revoking,
+        holders=issue.holders(site),
+        revoke=site.settings.revoke_removed,
         _run_once=True,
     )
+
+    for name in issue.ca_order(site):
+        pki.crl(
+            name=f"CRL {name}",
+            ca=name,
+            store=store,
+            passphrase=issue.passphrase_spec(site, name),
+            crl_days=cas[name].crl_days,
+            revoking=name in revoking,
+            _run_once=True,
+        )
 
 plan = issue.host_plan(site, spec.fqdn)
 servers = [
@@ -86,48 +99,58 @@ servers = [
 ]
 
 
-def _rollover_state(cert_name: str) -> dict[str, object]:
-    found = host.get_fact(RolloverState, path=f"{ROLLOVER_DIR}/{cert_name}.json")
-    return (found or {}).get("state") or {}
+def _state_file(cert_name: str) -> str:
+    return f"{ROLLOVER_DIR}/{cert_name}.json"
 
 
 if not plan.empty:
+    # One remote command: every certificate directory, the next one of a key rollover
+    # (<directory>/next), the CA files and the rollover states. None while openssl is missing
+    # (a fresh host before the base packages): all is "missing".
+    state = host.get_fact(
+        PkiFiles,
+        directories=[*plan.directories, *(f"{c.host_directory}/next" for c in plan.certificates)],
+        files=plan.files,
+        states=[_state_file(c.name) for c in plan.certificates],
+    ) or {"directories": {}, "files": {}, "states": {}}
     # A key rollover in progress, or asked for: its next certificate lives in <directory>/next.
     rolling: dict[str, dict[str, object]] = {}
     for cert in plan.certificates:
-        st = _rollover_state(cert.name)
+        found = state["states"].get(_state_file(cert.name))
+        st = found["state"] if found else {}
         asked = cert.rollover is not None and (st.get("step"), st.get("label")) != (
             "done",
             cert.rollover,
         )
         if asked or rollover.active(rollover.CA, st):
             rolling[cert.name] = st
-    next_dirs = [f"{c.host_directory}/next" for c in plan.certificates if c.name in rolling]
-    # None while openssl is missing (a fresh host before the base packages): all is "missing".
-    state = host.get_fact(
-        PkiFiles, directories=[*plan.directories, *next_dirs], files=plan.files
-    ) or {"directories": {}, "files": {}}
-    empty: PkiDirInfo = {"key": None, "cert": None, "sha256": {}}
+    empty = pki.EMPTY_DIR
+    # All of the host's certificates in one operation: two remote commands when any is issued.
+    op = pki.certificates(
+        name="Host certificates",
+        store=store,
+        host_id=spec.fqdn,
+        certificates=[
+            {
+                "directory": cert.host_directory,
+                "names": cert.names,
+                "issuer": cert.issuer,
+                "cert_name": cert.name,
+                "passphrase": issue.passphrase_spec(site, cert.issuer),
+                "key_type": cert.key_type,
+                "usages": cert.usages,
+                "validity_days": cert.validity_days,
+                "renew_before_days": cert.renew_before_days,
+            }
+            for cert in plan.certificates
+        ],
+        current=state["directories"],
+    )
+    track_certificate_op(op)  # services deliver at execution time when it changed
     for cert in plan.certificates:
-        directory = cert.host_directory
-        op = pki.certificate(
-            name="Host certificate",
-            directory=directory,
-            names=cert.names,
-            issuer=cert.issuer,
-            store=store,
-            host_id=spec.fqdn,
-            cert_name=cert.name,
-            passphrase=issue.passphrase_spec(site, cert.issuer),
-            key_type=cert.key_type,
-            usages=cert.usages,
-            validity_days=cert.validity_days,
-            renew_before_days=cert.renew_before_days,
-            current=state["directories"].get(directory, empty),
-        )
-        track_certificate_op(op)  # services deliver at execution time when it changed
         if cert.name not in rolling:
             continue
+        directory = cert.host_directory
         common: dict[str, Any] = {
             "names": cert.names,
             "issuer": cert.issuer,

@@ -17,10 +17,10 @@ from pyinfra.api import FunctionCommand, OperationError, StringCommand, operatio
 from pyinfra.api.command import FileUploadCommand
 
 from operations.context import announce, run_on_host, upload_to_host
-from operations.dns import CHECKED, STAGED, _install, _refuse, _Text
+from operations.dns import _install, _refuse, _Text
 from operations.dns import _sha256 as _text_sha256
 from operations.facts import FileDigest, PkiFiles, ProcessId
-from operations.util import q
+from operations.util import new_name, q, run_checked, run_staged
 from pkinfra import acme
 
 PEBBLE_STATE = "/run/pkinfra-pebble.args"
@@ -54,7 +54,7 @@ def _sign_server(state: Any, host: Any, directory: str, names: list[str], bundle
         cert = acme.sign_server_csr(Path(bundle), csr, names)
     except acme.AcmeError as exc:
         return _fail(state, host, f"ACME server certificate: {exc}")
-    staged = f"{directory}/.cert.pem.pkinfra-new"
+    staged = new_name(f"{directory}/cert.pem")
     if not upload_to_host(state, host, BytesIO(cert), staged):
         return _fail(state, host, f"ACME server certificate: cannot upload {staged}")
     ok, _ = run_on_host(
@@ -218,7 +218,7 @@ def unbound(
         yield f"unbound -c {q(path)} >/dev/null 2>&1"
         return
 
-    new_conf, new_anchors, check = path + STAGED, anchors_path + STAGED, path + CHECKED
+    new_conf, new_anchors, check = run_staged(path), run_staged(anchors_path), run_checked(path)
     yield FileUploadCommand(_Text(config), new_conf)
     if anchors is not None:
         yield FileUploadCommand(_Text(anchors), new_anchors)

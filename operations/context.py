@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pyinfra import host, logger
 from pyinfra.api import DeployError, StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.context import ctx_state
 
 from pkinfra.model import HostSpec, Inventory, active
+
+T = TypeVar("T")
 
 
 def inventory() -> Inventory:
@@ -44,6 +47,34 @@ def certificate_changed() -> Callable[[], bool]:
     """For ``_if=``: true at execution time when a tracked operation of this host changed."""
     ops = list(_certificate_ops.get(host.name, []))
     return lambda: any(op.did_change() for op in ops)
+
+
+# Points of a deploy that one host of the run passes for all (controller-only operations), and
+# values one host computes for all, by run (pyinfra's State) and name.
+_reached: dict[tuple[int, str], Any] = {}
+
+
+def first_to_reach(point: str) -> bool:
+    """Whether the current host is the first of this run to reach ``point`` of a deploy.
+
+    Controller-only operations are called there and on no other host: ``_run_once`` alone
+    runs each on one host too, but pyinfra still prepares it on every host (a walk of the call
+    stack, several milliseconds each), which a run over many hosts notices.
+    """
+    key = (id(ctx_state.get()), point)
+    if key in _reached:
+        return False
+    _reached[key] = True
+    return True
+
+
+def shared(point: str, compute: Callable[[], T]) -> T:
+    """``compute()``'s value, computed by the first host of the run that asks, for all."""
+    key = (id(ctx_state.get()), point)
+    if key not in _reached:
+        _reached[key] = compute()
+    value: T = _reached[key]
+    return value
 
 
 def announce(message: str) -> None:

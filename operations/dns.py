@@ -32,7 +32,14 @@ from operations.facts import (
     ProcessId,
     ZoneHeader,
 )
-from operations.util import install_staged, ownership_fixes, q, run_staged, stage_secret
+from operations.util import (
+    install_staged,
+    ownership_fixes,
+    q,
+    run_checked,
+    run_staged,
+    stage_secret,
+)
 from pkinfra import tsig
 from pkinfra.dnsupdate import served_everywhere
 from pkinfra.zones import (
@@ -44,8 +51,6 @@ from pkinfra.zones import (
     soa_serial_span,
 )
 
-STAGED = ".pkinfra-new"
-CHECKED = ".pkinfra-check"
 NAMED_START = "/etc/init.d/named start >/var/log/pkinfra-named-start.log 2>&1"
 NAMED_LOG = "/var/log/pkinfra-named-start.log"
 #: How long a run waits for every authoritative server to serve an admin's zone's change.
@@ -352,30 +357,30 @@ def named(
     announce(f"named: {'; '.join(reasons)}")
     staged: list[str] = []
     if config_changed:
-        staged.append(config_file + STAGED)
-        yield FileUploadCommand(_Text(config), config_file + STAGED)
+        staged.append(run_staged(config_file))
+        yield FileUploadCommand(_Text(config), run_staged(config_file))
     for zone, serial, _new in changed_zones:
-        staged.append(zone["path"] + STAGED)
+        staged.append(run_staged(zone["path"]))
         yield FileUploadCommand(_Text(zone["text"].replace("@SERIAL@", str(serial))), staged[-1])
         if zone.get("include_path"):
-            staged.append(zone["include_path"] + STAGED)
+            staged.append(run_staged(zone["include_path"]))
             yield FileUploadCommand(_Text(zone.get("include_text", "")), staged[-1])
     for zone, change in changed_admin:
-        staged += [zone["include_path"] + STAGED, zone["admin_file"] + STAGED]
-        yield FileUploadCommand(_Text(zone["include_text"]), zone["include_path"] + STAGED)
+        staged += [run_staged(zone["include_path"]), run_staged(zone["admin_file"])]
+        yield FileUploadCommand(_Text(zone["include_text"]), run_staged(zone["include_path"]))
         yield _admin_staged(zone, change, staged)
 
     if config_changed:
         yield from _check_config(chain, config_file, staged)
     for zone, _serial, _new in changed_zones:
-        new = zone["path"] + STAGED
-        checked = zone["path"] + CHECKED
+        zone_new = run_staged(zone["path"])
+        checked = run_checked(zone["path"])
         if zone.get("include_path"):
             # The check sees the new include file in place of the $INCLUDE of the old one.
-            include_new = zone["include_path"] + STAGED
-            yield f"sed -e '/^\\$INCLUDE /{{r {include_new}' -e 'd;}}' {q(new)} > {q(checked)}"
+            include_new = run_staged(zone["include_path"])
+            yield f"sed -e '/^\\$INCLUDE /{{r {include_new}' -e 'd;}}' {q(zone_new)} > {q(checked)}"
         else:
-            yield f"cp {q(new)} {q(checked)}"
+            yield f"cp {q(zone_new)} {q(checked)}"
         yield _refuse(
             f"named-checkzone -k fail {q(zone['zone'])} {q(checked)}",
             f"zone {zone['zone']}",
@@ -385,11 +390,11 @@ def named(
     for zone, _change in changed_admin:
         # The admin's file as it will be, its $INCLUDE pointing at the staged include: checked
         # from named's directory, where its relative $INCLUDEs (if any) resolve.
-        checked = zone["include_path"] + CHECKED
+        checked = run_checked(zone["include_path"])
         include = zone["include_path"]
         pattern = f'^([$]INCLUDE[[:space:]]+"?){_ere(include)}("?([[:space:]]|$))'
-        script = f"s#{pattern}#\\1{include}{STAGED}\\2#"
-        yield f"sed -E {q(script)} {q(zone['admin_file'] + STAGED)} > {q(checked)}"
+        script = f"s#{pattern}#\\1{run_staged(include)}\\2#"
+        yield f"sed -E {q(script)} {q(run_staged(zone['admin_file']))} > {q(checked)}"
         yield _refuse(
             f"named-checkzone -w {q(working_dir)} {q(zone['zone'])} {q(checked)}",
             f"zone {zone['zone']} (the admin's {zone['admin_file']} with pkinfra's new include)",
@@ -398,21 +403,23 @@ def named(
         yield f"rm -f {q(checked)}"
 
     if config_changed:
-        yield _install(config_file + STAGED, config_file, "root", "bind", "0644")
+        yield _install(run_staged(config_file), config_file, "root", "bind", "0644")
     for zone, _serial, _new in changed_zones:
         if zone.get("include_path"):
             yield _install(
-                zone["include_path"] + STAGED, zone["include_path"], "root", "bind", "0644"
+                run_staged(zone["include_path"]), zone["include_path"], "root", "bind", "0644"
             )
-        yield _install(zone["path"] + STAGED, zone["path"], "bind", "bind", "0644")
+        yield _install(run_staged(zone["path"]), zone["path"], "bind", "bind", "0644")
     for zone, change in changed_admin:
         # The admin's file first: an include installed without its serial would never reach
         # the secondaries, while a serial moved twice does no harm.
         yield (
             f"{_unchanged(zone['admin_file'], change.sha256, staged)}"
-            f" && mv -f {q(zone['admin_file'] + STAGED)} {q(zone['admin_file'])}"
+            f" && mv -f {q(run_staged(zone['admin_file']))} {q(zone['admin_file'])}"
         )
-        yield _install(zone["include_path"] + STAGED, zone["include_path"], "root", "bind", "0644")
+        yield _install(
+            run_staged(zone["include_path"]), zone["include_path"], "root", "bind", "0644"
+        )
 
     if pid is None:
         # A static zone's raw journal holds the differences between our earlier files; one
@@ -497,7 +504,7 @@ def _admin_staged(zone: dict[str, Any], change: _AdminChange, staged: list[str])
     """Shell: the admin's file beside itself (same owner and mode) with only its serial's bytes
     replaced."""
     path = q(zone["admin_file"])
-    new = q(zone["admin_file"] + STAGED)
+    new = q(run_staged(zone["admin_file"]))
     return (
         f"{_unchanged(zone['admin_file'], change.sha256, staged)} && cp -p {path} {new}"
         f" && {{ head -c {change.start} {path} && printf %s {change.new}"
@@ -510,7 +517,7 @@ def _check_config(chain: list[str], config_file: str, staged: list[str]) -> Iter
     place of pkinfra's: a copy of each file of the include chain, pointing at the next copy."""
     directory = config_file.rpartition("/")[0]
     copies = [f"{directory}/check-{i}.conf" for i in range(len(chain))]
-    targets = [*copies[1:], config_file + STAGED]
+    targets = [*copies[1:], run_staged(config_file)]
     originals = [*chain[1:], config_file]
     for path, copy, original, target in zip(chain, copies, originals, targets, strict=True):
         script = f's#"{_ere(original)}"#"{target}"#'

@@ -96,19 +96,38 @@ class PkiDirInfo(TypedDict):
     sha256: dict[str, str]
 
 
+class RolloverStateInfo(TypedDict):
+    now: int  # the host's clock, unix time
+    state: dict[str, Any]  # {"step": "unreadable"} when the file is not a JSON object
+
+
+def _rollover_state(now: str, lines: Sequence[str]) -> RolloverStateInfo:
+    try:
+        state = json.loads("\n".join(lines))
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):
+        state = {"step": "unreadable"}
+    return {"now": int(now) if now.strip().isdigit() else 0, "state": state}
+
+
 class PkiFilesInfo(TypedDict):
     directories: dict[str, PkiDirInfo]
     #: path -> SHA-256, for the files (and glob matches) that exist.
     files: dict[str, str]
+    #: path -> what ``RolloverState`` reads there, for the state files that exist.
+    states: dict[str, RolloverStateInfo]
 
 
 class PkiFiles(FactBase[PkiFilesInfo]):
-    """Certificate directories (key, certificate, chain files) and CA files, in one command.
+    """Certificate directories (key, certificate, chain files), CA files and key rollover
+    states, in one command.
 
     For each directory: the key's mode, owner, type and public-key fingerprint (the private key
     is read by openssl on the host, which prints its public half only), the certificate's serial,
     expiry, names, usages, issuer and key fingerprint, and the hashes of the chain files. For
-    each file pattern: the SHA-256 of every matching file. Public data only.
+    each file pattern: the SHA-256 of every matching file. For each rollover state file (see
+    ``RolloverState``): its JSON and the host's clock. Public data only.
     """
 
     @override
@@ -116,7 +135,12 @@ class PkiFiles(FactBase[PkiFilesInfo]):
         return "openssl"
 
     @override
-    def command(self, directories: Sequence[str] = (), files: Sequence[str] = ()) -> str:
+    def command(
+        self,
+        directories: Sequence[str] = (),
+        files: Sequence[str] = (),
+        states: Sequence[str] = (),
+    ) -> str:
         for pattern in files:
             if not _SAFE_PATTERN.fullmatch(pattern):
                 raise ValueError(f"unsafe file pattern {pattern!r}")
@@ -151,14 +175,26 @@ class PkiFiles(FactBase[PkiFilesInfo]):
             lines = []
         if files:
             lines.append(f"sha256sum {' '.join(files)} 2>/dev/null | sed 's/^/@file|/'")
+        if states:
+            lines += [
+                'echo "@now|$(date +%s)"',
+                f"for s in {' '.join(q(s) for s in states)}; do",
+                ' [ -f "$s" ] || continue',
+                ' echo "@state|$s"',
+                " sed 's/^/s|/' \"$s\"; echo",  # echo: a last line without its newline
+                "done",
+            ]
         return "\n".join([*head, *lines, "true"])
 
     @override
     def process(self, output: list[str]) -> PkiFilesInfo:
-        result: PkiFilesInfo = {"directories": {}, "files": {}}
+        result: PkiFilesInfo = {"directories": {}, "files": {}, "states": {}}
         current: PkiDirInfo | None = None
         key_pem: list[str] = []
         cert_pem: list[str] | None = None
+        now = "0"
+        states: dict[str, list[str]] = {}
+        state: list[str] = []
 
         def finish() -> None:
             if current is None:
@@ -181,6 +217,12 @@ class PkiFiles(FactBase[PkiFilesInfo]):
             elif tag == "@file":
                 digest, _, path = rest.partition("  ")
                 result["files"][path] = digest
+            elif tag == "@now":
+                now = rest
+            elif tag == "@state":
+                state = states.setdefault(rest, [])
+            elif tag == "s":
+                state.append(rest)
             elif current is None:
                 continue
             elif tag == "key":
@@ -203,6 +245,7 @@ class PkiFiles(FactBase[PkiFilesInfo]):
                 digest, _, path = rest.partition("  ")
                 current["sha256"][path.rpartition("/")[2]] = digest
         finish()
+        result["states"] = {path: _rollover_state(now, lines) for path, lines in states.items()}
         return result
 
 
@@ -649,14 +692,7 @@ class RolloverState(FactBase["dict[str, Any] | None"]):
     def process(self, output: list[str]) -> dict[str, Any] | None:
         if not output:
             return None
-        now = int(output[0]) if output[0].strip().isdigit() else 0
-        try:
-            state = json.loads("\n".join(output[1:]))
-        except ValueError:
-            state = None
-        if not isinstance(state, dict):
-            state = {"step": "unreadable"}
-        return {"now": now, "state": state}
+        return dict(_rollover_state(output[0], output[1:]))
 
 
 # -- nginx (operations/acme.py: HTTP-01) ----------------------------------------------------------

@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -24,18 +25,19 @@ from operations.context import announce, run_on_host, upload_to_host
 from operations.facts import DirectoryFiles, PkiDirInfo, PkiFiles, PrivateKey, RolloverState
 from operations.util import (
     GENPKEY_ARGS,
+    INLINE_MAX,
     csr_command,
     genpkey,
+    inline_writes,
     install_command,
-    install_staged,
     new_name,
     ownership_fixes,
     q,
-    upload_atomic,
 )
 from pkinfra import dnsupdate, issue, rollover, switch
 from pkinfra.agent import paths
-from pkinfra.ca import CAError, CAStore, PassphraseSource
+from pkinfra.ca import CAError, CAStore, Issued, PassphraseSource, load_csr
+from pkinfra.keys import spki_sha256
 
 
 @operation()
@@ -119,25 +121,66 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _upload(path: str, content: bytes, mode: str = "0644") -> Iterator[Any]:
-    """Commands that write ``content`` beside ``path`` and rename it into place (never diffed)."""
-    yield from upload_atomic(path, content, mode)
+#: A file's content, or a function that reads it from the CA store at execution time (a CA or
+#: CRL that an earlier operation of this run makes).
+Content = bytes | Callable[[], bytes | None]
 
 
-def _publish(state: Any, host: Any, path: str, read: Callable[[], bytes | None], what: str) -> bool:
-    """Execution time: write what ``read`` returns (from the CA store, now) to ``path``."""
-    try:
-        content = read()
-    except CAError as exc:
-        return _fail(state, host, f"{what}: {exc}")
-    if content is None:
-        return _fail(state, host, f"{what}: the CA store has none")
-    directory = path.rpartition("/")[0]
-    ok, _ = run_on_host(state, host, StringCommand("mkdir", "-p", directory))
-    if not ok or not upload_to_host(state, host, BytesIO(content), new_name(path)):
-        return _fail(state, host, f"{what}: cannot write {path}")
-    ok, _ = run_on_host(state, host, install_staged(new_name(path), path, "0644"))
-    return bool(ok) or _fail(state, host, f"{what}: cannot rename into {path}")
+def _install_files(files: dict[str, bytes], then: str | None = None) -> list[Any]:
+    """Commands that write each file (path -> content, mode 0644) beside its path and rename it
+    into place, then run ``then``: one remote command when the files can travel inside it (see
+    ``inline_writes``), else uploads (never diffed)."""
+    if not files:
+        return [then] if then else []
+    directories = " ".join(q(d) for d in sorted({p.rpartition("/")[0] for p in files}))
+    moves = " && ".join(
+        f"chmod 0644 {q(new_name(p))} && mv -f {q(new_name(p))} {q(p)}" for p in files
+    )
+    last = f"{moves} && {then}" if then else moves
+    writes = inline_writes({new_name(p): content for p, content in files.items()})
+    if writes is not None:
+        return [f"mkdir -p {directories} &&\n{writes}{last}"]
+    uploads = [FileUploadCommand(BytesIO(content), new_name(p)) for p, content in files.items()]
+    return [f"mkdir -p {directories}", *uploads, last]
+
+
+def _file_commands(files: dict[str, Content], then: str | None, what: str) -> list[Any]:
+    """``_install_files``, or one ``FunctionCommand`` doing it at execution time when a content
+    is read from the CA store then."""
+    if any(callable(content) for content in files.values()):
+        return [FunctionCommand(_publish, (files,), {"then": then, "what": what})]
+    return _install_files({p: c for p, c in files.items() if isinstance(c, bytes)}, then)
+
+
+def _run_commands(state: Any, host: Any, commands: Sequence[Any]) -> bool:
+    """Execution time: run shell commands and uploads on the host, in order, until one fails."""
+    for command in commands:
+        if isinstance(command, FileUploadCommand):
+            ok = upload_to_host(state, host, command.src, command.dest)
+        else:
+            ok, _ = run_on_host(state, host, command)
+        if not ok:
+            return False
+    return True
+
+
+def _publish(
+    state: Any, host: Any, files: dict[str, Content], *, then: str | None, what: str
+) -> bool:
+    """Execution time: install ``files`` (see ``_install_files``), contents read from the CA
+    store now where they are functions."""
+    contents: dict[str, bytes] = {}
+    for path, content in files.items():
+        try:
+            data = content() if callable(content) else content
+        except CAError as exc:
+            return _fail(state, host, f"{what}: {exc}")
+        if data is None:
+            return _fail(state, host, f"{what}: the CA store has none for {path}")
+        contents[path] = data
+    if not _run_commands(state, host, _install_files(contents, then)):
+        return _fail(state, host, f"{what}: cannot write {', '.join(files)}")
+    return True
 
 
 # -- controller: CAs and CRLs -------------------------------------------------------------------
@@ -374,11 +417,15 @@ def _revoke_removed(state: Any, host: Any, store: str, serials: list[tuple[str, 
 # -- hosts: certificates ------------------------------------------------------------------------
 
 
+#: A certificate directory that does not exist (``PkiFiles``'s entry).
+EMPTY_DIR: PkiDirInfo = {"key": None, "cert": None, "sha256": {}}
+
+
 def _dir_info(directory: str, current: PkiDirInfo | None) -> PkiDirInfo:
     if current is None:
         facts = host.get_fact(PkiFiles, directories=[directory])
         current = facts["directories"].get(directory) if facts else None
-    return current or {"key": None, "cert": None, "sha256": {}}
+    return current or EMPTY_DIR
 
 
 @operation()
@@ -414,7 +461,9 @@ def certificate(
     + current: this directory's entry of a ``PkiFiles`` fact already read (one fact per host)
 
     Nothing happens while the certificate matches the key, names, usages and issuer, is not
-    revoked and is outside the renewal window; otherwise the run says why and reissues.
+    revoked and is outside the renewal window; otherwise the run says why and reissues: two
+    remote commands, one that makes the key when it is missing and prints the CSR, one that
+    writes the certificate and its chain files.
 
     **Example:**
 
@@ -426,16 +475,120 @@ def certificate(
             passphrase="file:/root/ca-pass",
         )
     """
+    plan = _certificate_plan(
+        directory=directory,
+        names=names,
+        issuer=issuer,
+        store=store,
+        host_id=host_id,
+        cert_name=cert_name,
+        passphrase=passphrase,
+        key_type=key_type,
+        usages=usages,
+        validity_days=validity_days,
+        renew_before_days=renew_before_days,
+        current=_dir_info(directory, current),
+    )
+    if plan.noop is not None:
+        host.noop(plan.noop)
+        return
+    announce(plan.reason)
+    yield from plan.commands
+    if plan.issue is not None:
+        yield FunctionCommand(_issue, (), plan.issue)
+
+
+@operation()
+def certificates(
+    store: str,
+    host_id: str,
+    certificates: Sequence[dict[str, Any]],
+    current: dict[str, PkiDirInfo] | None = None,
+):
+    """
+    Ensure a host's certificates from our CAs, each as ``certificate`` does, in as few remote
+    commands as can be: every key to make and every CSR in one, every new certificate and its
+    chain files in one more (issuance runs on all hosts at once, host by host in parallel).
+
+    + store, host_id: as for ``certificate``
+    + certificates: for each, the other arguments of ``certificate`` (``directory``, ``names``,
+      ``issuer``, ``cert_name``; optionally ``passphrase``, ``key_type``, ``usages``,
+      ``validity_days``, ``renew_before_days``)
+    + current: the ``directories`` of a ``PkiFiles`` fact already read (one fact per host)
+
+    **Example:**
+
+    .. code:: python
+
+        pki.certificates(
+            store="pki", host_id="db1.example.test",
+            certificates=[
+                {"directory": "/etc/pkinfra/certs/postgres", "names": ["db1.example.test"],
+                 "issuer": "duckcorp", "cert_name": "postgres"},
+            ],
+        )
+    """
+    if current is None:
+        facts = host.get_fact(PkiFiles, directories=[c["directory"] for c in certificates])
+        current = facts["directories"] if facts else {}
+    plans = [
+        _certificate_plan(
+            store=store,
+            host_id=host_id,
+            current=current.get(c["directory"], EMPTY_DIR),
+            **c,
+        )
+        for c in certificates
+    ]
+    if all(plan.noop is not None for plan in plans):
+        host.noop("; ".join(str(plan.noop) for plan in plans) or "no certificate")
+        return
+    issues = []
+    for plan in plans:
+        if plan.noop is None:
+            announce(plan.reason)
+            yield from plan.commands
+            if plan.issue is not None:
+                issues.append(plan.issue)
+    if issues:
+        yield FunctionCommand(_issue_all, (issues,), {})
+
+
+@dataclass(frozen=True)
+class _CertificatePlan:
+    """What the ``certificate`` operation does for one certificate."""
+
+    noop: str | None  # why nothing is done (then nothing else is set)
+    reason: str = ""  # why something is done
+    commands: tuple[Any, ...] = ()  # run before the issuance, or instead of it
+    issue: dict[str, Any] | None = None  # ``_issue``'s arguments, keys made there included
+
+
+def _certificate_plan(
+    *,
+    directory: str,
+    names: Sequence[str],
+    issuer: str,
+    store: str,
+    host_id: str,
+    cert_name: str,
+    current: PkiDirInfo,
+    passphrase: str | None = None,
+    key_type: str = "ec-p256",
+    usages: Sequence[str] = ("server",),
+    validity_days: int = 90,
+    renew_before_days: int | None = None,
+) -> _CertificatePlan:
+    """Decide one certificate: refuse (``OperationError``), keep, fix, or reissue and why."""
     if key_type not in GENPKEY_ARGS:
         raise OperationError(f"certificate {cert_name}: unknown key type '{key_type}'")
     if not names:
         raise OperationError(f"certificate {cert_name}: needs at least one name")
-    info = _dir_info(directory, current)
     cas = _store(store)
     ca_info = _ca_or_error(cas, issuer)
     key_path = f"{directory}/key.pem"
-    key = info["key"]
-    held = info["cert"]
+    key = current["key"]
+    held = current["cert"]
 
     commands: list[Any] = []
     key_spki: str | None = None
@@ -489,12 +642,10 @@ def certificate(
         reasons += [] if key is None and held is None else cert_reasons
         if ca_info is None:
             reasons.append(f"CA {issuer} is made by this run")
-        announce(f"certificate {cert_name}: will issue: {', '.join(reasons)}")
-        yield from commands
-        yield FunctionCommand(
-            _issue,
-            (),
-            {
+        return _CertificatePlan(
+            noop=None,
+            reason=f"certificate {cert_name}: will issue: {', '.join(reasons)}",
+            issue={
                 "directory": directory,
                 "names": list(names),
                 "usages": list(wanted.usages),
@@ -505,23 +656,25 @@ def certificate(
                 "host_id": host_id,
                 "cert_name": cert_name,
                 "expected_spki": key_spki,
+                # In the CSR's remote command: the key is made (or fixed) there.
+                "prepare": commands,
             },
         )
-        return
 
     assert isinstance(held, dict)
-    stale = _stale_chain_files(cas, issuer, info["sha256"])
+    stale = _stale_chain_files(cas, issuer, current["sha256"])
     if stale:
         reasons.append(f"{', '.join(stale)} out of date")
+        commands += _chain_commands(cas, issuer, directory)
     if reasons:
-        announce(f"certificate {cert_name}: {', '.join(reasons)}")
-        yield from commands
-        if stale:
-            yield from _chain_commands(cas, issuer, directory)
-        return
+        return _CertificatePlan(
+            noop=None,
+            reason=f"certificate {cert_name}: {', '.join(reasons)}",
+            commands=tuple(commands),
+        )
     until = dt.datetime.fromisoformat(held["not_after"])
-    host.noop(
-        f"certificate {cert_name} is current ({', '.join(names)}; {issuer}; "
+    return _CertificatePlan(
+        noop=f"certificate {cert_name} is current ({', '.join(names)}; {issuer}; "
         f"valid until {until:%Y-%m-%d})"
     )
 
@@ -559,61 +712,142 @@ def _stale_chain_files(cas: CAStore, issuer: str, have: dict[str, str]) -> list[
     return stale
 
 
-def _chain_commands(cas: CAStore, issuer: str, directory: str) -> Iterator[Any]:
-    chain, bundle = cas.chain_pem(issuer), cas.bundle_pem(issuer)
-    yield FileUploadCommand(BytesIO(chain), new_name(f"{directory}/chain.pem"))
-    yield FileUploadCommand(BytesIO(bundle), new_name(f"{directory}/bundle.pem"))
+def _chain_commands(cas: CAStore, issuer: str, directory: str) -> list[Any]:
+    """New chain.pem and bundle.pem, and fullchain.pem made from them on the host."""
+    staged = {
+        new_name(f"{directory}/chain.pem"): cas.chain_pem(issuer),
+        new_name(f"{directory}/bundle.pem"): cas.bundle_pem(issuer),
+    }
     d = q(directory)
     fullchain_new = q(new_name(f"{directory}/fullchain.pem"))
-    yield (
+    install = (
         f"cat {d}/cert.pem {q(new_name(f'{directory}/chain.pem'))} > {fullchain_new} && "
-        + install_command(directory, ["chain.pem", "bundle.pem", "fullchain.pem"], check_cert=False)
+        + install_command(directory, ["chain.pem", "bundle.pem", "fullchain.pem"], key_spki=None)
     )
+    writes = inline_writes(staged)
+    if writes is not None:
+        return [writes + install]
+    return [*(FileUploadCommand(BytesIO(c), path) for path, c in staged.items()), install]
 
 
 def _issue(state: Any, host: Any, **kw: Any) -> bool:
-    """Execution time: CSR made on the host, signed here, files written beside and renamed."""
-    what = f"certificate {kw['cert_name']}"
-    directory = kw["directory"]
-    ok, output = run_on_host(state, host, StringCommand(csr_command(directory, kw["names"][0])))
-    lines = output.stdout_lines
-    if not ok or len(lines) < 3:
-        return _fail(state, host, f"{what}: cannot make a CSR with {directory}/key.pem")
-    spki, csr = lines[0].strip(), "\n".join(lines[1:]) + "\n"
-    expected = kw["expected_spki"]
-    if expected is not None and spki != expected:
-        return _fail(state, host, f"{what}: key.pem changed since the run read it; not signed")
-    try:
-        issued = _store(kw["store"]).sign_csr(
-            kw["issuer"],
-            csr.encode(),
-            names=kw["names"],
-            usages=kw["usages"],
-            validity_days=kw["validity_days"],
-            host=kw["host_id"],
-            cert_name=kw["cert_name"],
-            passphrase=_source(kw["passphrase"]),
-            expected_spki_sha256=spki,
-        )
-    except CAError as exc:
-        return _fail(state, host, f"{what}: {exc}")
-    files = {
-        "chain.pem": issued.chain_pem,
-        "bundle.pem": issued.bundle_pem,
-        "cert.pem": issued.cert_pem,
-        "fullchain.pem": issued.fullchain_pem,
-    }
-    for name, content in files.items():
-        if not upload_to_host(state, host, BytesIO(content), new_name(f"{directory}/{name}")):
-            return _fail(state, host, f"{what}: cannot upload {name}")
-    ok, _ = run_on_host(
-        state, host, StringCommand(install_command(directory, list(files), check_cert=True))
+    """Execution time: one certificate (``_issue_all``'s arguments for one)."""
+    return _issue_all(state, host, [kw])
+
+
+def _issue_all(state: Any, host: Any, certs: Sequence[dict[str, Any]]) -> bool:
+    """Execution time: keys made where missing and CSRs printed in one remote command, each CSR
+    signed here, then every certificate and its chain files written beside and renamed into
+    place in one more. At the first failure no more are signed (as a failed operation stops
+    the host); those already signed are installed."""
+    script = "\n".join(
+        f"echo '@csr|{i}'; ("
+        + " && ".join([*kw.get("prepare", ()), csr_command(kw["directory"], kw["names"][0])])
+        + ")"
+        for i, kw in enumerate(certs)
     )
-    if not ok:
-        return _fail(
-            state, host, f"{what}: serial {issued.serial:x} not installed (key.pem changed?)"
-        )
-    return True
+    _, output = run_on_host(state, host, StringCommand(script))
+    csrs = _sections(output.stdout_lines, "@csr|")
+    signed: list[tuple[dict[str, Any], Issued, str]] = []
+    failed = False
+    for i, kw in enumerate(certs):
+        what = f"certificate {kw['cert_name']}"
+        csr = "\n".join(csrs.get(i, [])) + "\n"
+        if "-----BEGIN CERTIFICATE REQUEST-----" not in csr:
+            failed = not _fail(
+                state, host, f"{what}: cannot make a CSR with {kw['directory']}/key.pem"
+            )
+            break
+        try:
+            spki = spki_sha256(load_csr(csr.encode()))
+        except ValueError as exc:
+            failed = not _fail(state, host, f"{what}: {exc}")
+            break
+        expected = kw["expected_spki"]
+        if expected is not None and spki != expected:
+            failed = not _fail(
+                state, host, f"{what}: key.pem changed since the run read it; not signed"
+            )
+            break
+        try:
+            issued = _store(kw["store"]).sign_csr(
+                kw["issuer"],
+                csr.encode(),
+                names=kw["names"],
+                usages=kw["usages"],
+                validity_days=kw["validity_days"],
+                host=kw["host_id"],
+                cert_name=kw["cert_name"],
+                passphrase=_source(kw["passphrase"]),
+                expected_spki_sha256=spki,
+            )
+        except CAError as exc:
+            failed = not _fail(state, host, f"{what}: {exc}")
+            break
+        signed.append((kw, issued, spki))
+    return _install_issued(state, host, signed) and not failed
+
+
+def _sections(lines: Sequence[str], tag: str) -> dict[int, list[str]]:
+    """Output lines after each ``<tag><n>`` line, by n."""
+    found: dict[int, list[str]] = {}
+    section: list[str] | None = None
+    for line in lines:
+        if line.startswith(tag) and line[len(tag) :].isdigit():
+            section = found.setdefault(int(line[len(tag) :]), [])
+        elif section is not None:
+            section.append(line)
+    return found
+
+
+def _install_issued(
+    state: Any, host: Any, signed: Sequence[tuple[dict[str, Any], Issued, str]]
+) -> bool:
+    """Execution time: each new certificate and its chain files written beside and renamed into
+    place only when cert.pem matches key.pem: in one remote command for as many as it carries
+    (``INLINE_MAX``), by uploads for a certificate too big for one."""
+    blocks: list[tuple[int, str]] = []
+    ok = True
+    for i, (kw, issued, spki) in enumerate(signed):
+        directory = kw["directory"]
+        files = {
+            "chain.pem": issued.chain_pem,
+            "bundle.pem": issued.bundle_pem,
+            "cert.pem": issued.cert_pem,
+            "fullchain.pem": issued.fullchain_pem,
+        }
+        install = install_command(directory, list(files), key_spki=spki)
+        writes = inline_writes({new_name(f"{directory}/{n}"): c for n, c in files.items()})
+        if writes is not None:
+            blocks.append((i, f"({writes}{install}) || echo '@failed|{i}'"))
+            continue
+        uploads = [
+            FileUploadCommand(BytesIO(c), new_name(f"{directory}/{n}")) for n, c in files.items()
+        ]
+        if not _run_commands(state, host, [*uploads, install]):
+            ok = _fail(state, host, _not_installed(kw, issued))
+    # As many certificates per command as it carries.
+    batches: list[list[tuple[int, str]]] = []
+    size = INLINE_MAX
+    for block in blocks:
+        if size + len(block[1]) > INLINE_MAX:
+            batches.append([])
+            size = 0
+        batches[-1].append(block)
+        size += len(block[1])
+    for batch in batches:
+        done, output = run_on_host(state, host, StringCommand("\n".join(b for _, b in batch)))
+        refused = set(_sections(output.stdout_lines, "@failed|")) if done else {i for i, _ in batch}
+        for i, _ in batch:
+            if i in refused:
+                ok = _fail(state, host, _not_installed(*signed[i][:2]))
+    return ok
+
+
+def _not_installed(kw: dict[str, Any], issued: Issued) -> str:
+    return (
+        f"certificate {kw['cert_name']}: serial {issued.serial:x} not installed (key.pem changed?)"
+    )
 
 
 # -- hosts: trust anchors, CA bundles, CRLs -----------------------------------------------------
@@ -655,37 +889,36 @@ def trust(
     wanted |= {issue.ca_bundle_path(ca): ("bundle", ca) for ca in bundles}
     have = _files_fact([*wanted, f"{issue.TRUST_DIR}/pkinfra-*.crt"], current)
     changed: list[str] = []
-    commands: list[Any] = []
+    files: dict[str, Content] = {}
     for path, (kind, ca) in wanted.items():
-        info = _ca_or_error(cas, ca)
-        if info is None:
+        read = cas.root_pem if kind == "anchor" else cas.bundle_pem
+        if _ca_or_error(cas, ca) is None:
             changed.append(f"{path} (CA made by this run)")
-            read = cas.root_pem if kind == "anchor" else cas.bundle_pem
-            commands.append(FunctionCommand(_publish, (path, _bind(read, ca), f"{kind} {ca}"), {}))
+            files[path] = _bind(read, ca)
             continue
-        content = cas.root_pem(ca) if kind == "anchor" else cas.bundle_pem(ca)
+        content = read(ca)
         if have.get(path) != _sha256(content):
             changed.append(path)
-            commands += list(_upload(path, content))
-    anchors_changed = any(p.startswith(issue.TRUST_DIR) for p in changed)
+            files[path] = content
     stale = sorted(
         p for p in have if p.startswith(f"{issue.TRUST_DIR}/pkinfra-") and p not in wanted
     )
-    if stale:
-        changed += [f"{p} (removed)" for p in stale]
-        commands.append(f"rm -f {' '.join(q(p) for p in stale)}")
-        anchors_changed = True
+    changed += [f"{p} (removed)" for p in stale]
     if not changed:
         host.noop(f"trust: {', '.join(wanted) or 'nothing'} current")
         return
     announce(f"trust: will write {', '.join(changed)}")
-    yield from commands
+    then = []
     if stale:
         # Without --fresh, Debian's update-ca-certificates keeps a deleted local CA's links in
         # /etc/ssl/certs: it clears orphans only when its own configuration adds or removes one.
-        yield "update-ca-certificates --fresh >/dev/null"
-    elif anchors_changed:
-        yield "update-ca-certificates >/dev/null"
+        then += [
+            f"rm -f {' '.join(q(p) for p in stale)}",
+            "update-ca-certificates --fresh >/dev/null",
+        ]
+    elif any(p.startswith(issue.TRUST_DIR) for p in files):
+        then.append("update-ca-certificates >/dev/null")
+    yield from _file_commands(files, " && ".join(then) or None, "trust")
 
 
 def _bind(read: Callable[[str], bytes | None], ca: str) -> Callable[[], bytes | None]:
@@ -722,7 +955,7 @@ def crls(
     days = crl_days or {}
     have = _files_fact([issue.crl_path(ca) for ca in cas], current)
     changed: list[str] = []
-    commands: list[Any] = []
+    files: dict[str, Content] = {}
     for ca in cas:
         path = issue.crl_path(ca)
         info = _ca_or_error(store_, ca)
@@ -730,20 +963,18 @@ def crls(
             continue
         if info is None or ca in revoking or store_.crl_due(ca, issue.crl_window(days.get(ca, 7))):
             changed.append(f"{path} (re-issued by this run)")
-            commands.append(
-                FunctionCommand(_publish, (path, _bind(store_.current_crl, ca), f"CRL {ca}"), {})
-            )
+            files[path] = _bind(store_.current_crl, ca)
             continue
         content = store_.current_crl(ca)
         assert content is not None  # not due, so it exists
         if have.get(path) != _sha256(content):
             changed.append(path)
-            commands += list(_upload(path, content))
+            files[path] = content
     if not changed:
         host.noop(f"CRLs of {', '.join(cas)} current")
         return
     announce(f"CRLs: will write {', '.join(changed)}")
-    yield from commands
+    yield from _file_commands(files, None, "CRLs")
 
 
 # -- key rollover of a CA-issued certificate ----------------------------------------------------

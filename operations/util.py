@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import shlex
+from collections.abc import Mapping
 from io import BytesIO
 
 from pyinfra.api import FileUploadCommand
@@ -38,7 +39,7 @@ def genpkey(path: str, key_type: str, owner: str = "root", group: str = "root") 
 
     The key never exists under its final name half-written or with a wider mode.
     """
-    tmp = f"{path}.pkinfra-new"
+    tmp = run_staged(path)
     args = " ".join(GENPKEY_ARGS[key_type])
     return (
         f"(umask 077 && rm -f {q(tmp)} && openssl genpkey {args} -out {q(tmp)} 2>/dev/null"
@@ -60,7 +61,8 @@ STALE_STAGED_MINUTES = 60
 
 
 def run_staged(path: str) -> str:
-    """Where this run stages a secret before renaming it over ``path`` (unique per run)."""
+    """Where this run stages a file beside ``path`` before renaming it over ``path`` (unique
+    to the run)."""
     return f"{path}.pkinfra-new-{RUN_ID}"
 
 
@@ -86,33 +88,44 @@ def key_matches_command(key: str, cert: str) -> str:
 
 
 def new_name(path: str) -> str:
-    """Where a file is written before it is renamed over ``path`` (same directory)."""
+    """Where this run writes a file before it renames it over ``path`` (same directory, hidden,
+    unique to the run: two runs at once never rename each other's file)."""
     head, _, tail = path.rpartition("/")
-    return f"{head}/.{tail}.pkinfra-new"
+    return f"{head}/.{tail}.pkinfra-new-{RUN_ID}"
+
+
+def run_checked(path: str) -> str:
+    """Where this run puts the copy of ``path`` a checker reads (unique to the run)."""
+    return f"{path}.pkinfra-check-{RUN_ID}"
 
 
 def csr_command(directory: str, common_name: str) -> str:
-    """Print the key's public-key hash, then a CSR made with it; the key stays in openssl.
+    """Print a CSR made with the directory's key; the key stays in openssl.
 
-    The CSR only carries the public key (the CA takes names and usages from the inventory).
+    The CSR only carries the public key (the CA takes names and usages from the inventory); the
+    controller reads the key's fingerprint from it.
     """
-    key = f"{directory}/key.pem"
+    return f"openssl req -new -key {q(directory + '/key.pem')} -subj {q('/CN=' + common_name)}"
+
+
+def key_spki_command(directory: str) -> str:
+    """Print the hex SHA-256 of the directory's key's SubjectPublicKeyInfo (DER)."""
     return (
-        f"openssl pkey -in {q(key)} -pubout | {SPKI_HASH}"
-        f" && openssl req -new -key {q(key)} -subj {q('/CN=' + common_name)}"
+        f"openssl pkey -in {q(directory + '/key.pem')} -pubout -outform DER"
+        " | sha256sum | cut -c1-64"
     )
 
 
-def install_command(directory: str, files: list[str], *, check_cert: bool) -> str:
+def install_command(directory: str, files: list[str], *, key_spki: str | None) -> str:
     """Make uploaded ``.<name>.pkinfra-new`` files public and rename them into place, in order.
 
-    With ``check_cert``, nothing is renamed unless the new cert.pem matches key.pem, so the live
-    paths never hold a certificate that does not match its key.
+    With ``key_spki`` (the new certificate's key fingerprint), nothing is renamed unless key.pem
+    still has that key, so the live paths never hold a certificate that does not match its key.
     """
     news = " ".join(q(new_name(f"{directory}/{f}")) for f in files)
     steps = [f"chmod 0644 {news}"]
-    if check_cert:
-        steps.append(key_matches_command(f"{directory}/key.pem", new_name(f"{directory}/cert.pem")))
+    if key_spki is not None:
+        steps.append(f'[ "$({key_spki_command(directory)})" = {q(key_spki)} ]')
     steps += [f"mv -f {q(new_name(f'{directory}/{f}'))} {q(f'{directory}/{f}')}" for f in files]
     return " && ".join(steps)
 
@@ -145,3 +158,35 @@ def upload_atomic(
         FileUploadCommand(Upload(data), staged),
         install_staged(staged, path, mode, owner, group),
     ]
+
+
+# -- files carried inside a command ---------------------------------------------------------------
+
+#: The line that ends a here-document carrying a file (no PEM file holds it).
+DOC_END = "PKINFRA-EOF"
+#: Most bytes of files one command carries: Linux caps one argument at 128 KiB (MAX_ARG_STRLEN)
+#: and pyinfra hands the whole command to ``sh -c`` as one argument (over SSH, sudo and docker).
+INLINE_MAX = 48 * 1024
+
+
+def inline_writes(files: Mapping[str, bytes]) -> str | None:
+    """Shell lines that write each file (path -> content) through a quoted here-document, each
+    ending in ``&&``: what follows them runs only when every file was written. None when the
+    files cannot travel inside a command (together over ``INLINE_MAX``, or not lines of
+    printable ASCII each ending in a newline, or holding ``DOC_END``): upload them instead.
+
+    Public files only (certificates, chains, CRLs): a command's text can be logged.
+    """
+    if sum(len(content) for content in files.values()) > INLINE_MAX:
+        return None
+    parts = []
+    for path, content in files.items():
+        try:
+            text = content.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        lines = text.split("\n")
+        if lines[-1] != "" or DOC_END in lines or not all(line.isprintable() for line in lines):
+            return None
+        parts.append(f"cat > {q(path)} <<'{DOC_END}' &&\n{text}{DOC_END}\n")
+    return "".join(parts)

@@ -159,8 +159,8 @@ class TSIGKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], name: NameLike | None = None) -> TSIGKey:
-        """The key from a key file as `tsig-keygen` writes it (`key "n" { algorithm ...;
-        secret "..."; };`).
+        """The key from a key file as `tsig-keygen` writes it: a `key "n" { ... };` statement
+        holding its algorithm and secret clauses.
 
         + path: the file; several keys may follow each other, `#` and `//` lines are comments
         + name: which key, when the file holds several

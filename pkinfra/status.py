@@ -412,10 +412,21 @@ def _service_row(
                     Finding(State.WARNING, f"{name}: not told about the renewed certificate yet")
                 )
                 summary = "stale"
-    if old_key and gated:
-        held = "the new key waits for its TLSA record to be served for the TTL (DANE gate)"
-        findings.append(Finding(State.WARNING, f"{name}: delivery held: {held}"))
+    if probe.get("held"):
+        # What the delivery agent wrote down when the service's gate held the new key back.
+        held = str(probe["held"])
+        since = _when(probe.get("held_since"))
+        ago = f" for {_days(now - since)}" if since else ""
+        findings.append(Finding(State.WARNING, f"{name}: delivery held{ago}: {held}"))
         summary = "held"
+    elif old_key and gated:
+        findings.append(
+            Finding(
+                State.WARNING,
+                f"{name}: still has the previous key; the next delivery asks the DANE gate",
+            )
+        )
+        summary = "stale" if summary == "ok" else summary
     elif old_key:
         findings.append(Finding(State.WARNING, f"{name}: still has the previous key"))
         summary = "stale" if summary == "ok" else summary

@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,20 @@ def _mark_pending(path: Path, why: str) -> None:
     """On disk before anything the service reads changes: a crash leaves the service owed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = f"{why}; notification pending\n".encode()
+    write_atomic(path, data, 0o644, (os.geteuid(), os.getegid()))
+
+
+def _record_held(path: Path, why: str | None) -> None:
+    """Write down (or clear) why the service's key change is held back by its gate, for
+    ``pkinfra status``; a hold that goes on keeps its first time (the file is not rewritten)."""
+    if why is None:
+        _clear_pending(path)
+        return
+    data = f"{why}\n".encode()
+    with suppress(OSError):
+        if path.read_bytes() == data:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data, 0o644, (os.geteuid(), os.getegid()))
 
 
@@ -558,6 +572,8 @@ def deliver_service(service: dict[str, Any], *, plan: bool, state_dir: Path) -> 
             kinds = _in_place(service, result, pending_file, served_file, plan=plan)
         else:
             kinds = _copies(service, result, pending_file, plan=plan)
+        if not plan:
+            _record_held(state_dir / "held" / service["name"], result.held)
         if plan or result.held or not result.pending:
             return result
         # Whatever left the notification owed (this delivery, or one that failed or crashed):

@@ -233,6 +233,13 @@ def service_info(reader: Reader, service: dict[str, Any], state_dir: str) -> dic
         text = mark.decode("utf-8", "replace").strip().splitlines()
         result["pending"] = text[0] if text else "notification owed"
         result["pending_since"] = int(mark_path.stat().st_mtime)
+    # Written by the delivery agent while the service's gate holds a new key back.
+    held_path = reader.path(f"{state_dir}/held/{name}")
+    held = reader.read(f"{state_dir}/held/{name}", MARK_MAX)
+    if held is not None:
+        text = held.decode("utf-8", "replace").strip().splitlines()
+        result["held"] = text[0] if text else "held by the service's gate"
+        result["held_since"] = int(held_path.stat().st_mtime)
     files = []
     for f in service.get("files", []):
         have = reader.read(f["path"])

@@ -28,7 +28,8 @@ import dns.renderer
 import pytest
 
 from lab.topology import pyinfra_name
-from pkinfra import publication, zones
+from pkinfra import install, publication, zones
+from pkinfra.agent import paths
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 from pkinfra.model import Delegation, Inventory, load_inventory_file
 
@@ -413,15 +414,11 @@ def test_a_broken_zone_is_never_installed(deployed: Inventory, tmp_path: Path) -
 
 
 def test_the_client_runs_on_the_hosts_own_python_and_key(deployed: Inventory) -> None:
-    """pkinfra.dnsupdate on the host's own python3 + dnspython (Debian 13: 2.7; 12: 2.3), with
-    mx1's installed key."""
-    subprocess.run(
-        ["docker", "cp", str(ROOT / "pkinfra" / "dnsupdate.py"), "pkinfra-mx1:/tmp/dnsupdate.py"],
-        check=True,
-        timeout=30,
-    )
+    """pkinfra.dnsupdate as the deploy installed it, on the host's own python3 + dnspython
+    (Debian 13: 2.7; 12: 2.3), with mx1's installed key."""
     script = (
-        "import sys, uuid; sys.path.insert(0, '/tmp'); import dns.version, dnsupdate;"
+        f"import sys, uuid; sys.path.insert(0, '{paths.LIB_DIR}'); import dns.version;"
+        " from pkinfra import dnsupdate;"
         " c = dnsupdate.RFC2136Client(dnsupdate.TSIGKey.from_file('/etc/pkinfra/tsig.key'));"
         " t, _ = c.follow_cnames('_25._tcp.mx1.example.test'); v = '3 1 1 ' + uuid.uuid4().hex * 2;"
         " c.replace(t, 'TLSA', [v], 60); w = c.wait_visible(t, 'TLSA', v, timeout=5);"
@@ -447,16 +444,18 @@ def test_the_rfc2136_suite_passes_on_the_hosts_python(
     import pygments
 
     inbox = tmp_path / "inbox"
+    # What a host gets of pkinfra (the agents and what they import), and the test module.
+    files = {p: d for p, d in install.agent_files().items() if p.startswith("pkinfra/")}
     for relative in (
-        "pkinfra/__init__.py",
-        "pkinfra/dnsupdate.py",
         "tests/__init__.py",
         "tests/unit/__init__.py",
         "tests/unit/named_fixture.py",
         "tests/unit/test_dnsupdate.py",
     ):
+        files[relative] = (ROOT / relative).read_bytes()
+    for relative, data in files.items():
         (inbox / "src" / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / relative, inbox / "src" / relative)
+        (inbox / "src" / relative).write_bytes(data)
     for module in (_pytest, pytest, pluggy, iniconfig, packaging, pygments):
         source = Path(str(module.__file__)).parent
         shutil.copytree(source, inbox / "lib" / source.name, ignore=shutil.ignore_patterns("*.pyc"))

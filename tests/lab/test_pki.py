@@ -351,8 +351,9 @@ def _run_until_hit(args: list[str], timeout: float = 120) -> subprocess.Complete
     ("point", "pattern", "remove"),
     [
         ("making the key", "openssl genpkey", "key.pem cert.pem"),
-        ("uploading the certificate", ".cert.pem.pkinfra-new", "cert.pem"),
-        ("renaming into place", "-noout -pubkey", "cert.pem"),
+        # One command writes the new files beside, checks the key and renames them into place.
+        ("writing the certificate", ".cert.pem.pkinfra-new", "cert.pem"),
+        ("checking it against the key", "-pubout -outform DER", "cert.pem"),
     ],
 )
 def test_killed_issuance_converges_on_rerun(

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pkinfra import switch
+from pkinfra.agent import paths
 from tests.helpers import lab_inventory_copy
 from tests.lab.dane_probe import DB1_POSTGRES, DaneProbe
 from tests.lab.test_dane import LINEAGES
@@ -88,10 +89,10 @@ def test_a_kill_at_every_step_of_an_acme_switch_is_made_good(site_deployed: str)
     live_pair = [f"{live}/{kind}.pem" for kind in ("privkey", "cert", "fullchain")]
     reader = Tlsd(container, "172.29.53.20", 8444, live_pair[2], live_pair[0], "USR1")
     reader.start()
-    finish = f"pkinfra-rollover finish {lineage}"
+    finish = f"{paths.ROLLOVER} finish {lineage}"
     label = f"kill{int(time.time())}"
     try:
-        started = sh(container, f"{CLEAN_ENV} pkinfra-rollover start {lineage} --label {label}")
+        started = sh(container, f"{CLEAN_ENV} {paths.ROLLOVER} start {lineage} --label {label}")
         assert started.returncode == 0, started.stdout + started.stderr
         old = record_of(container, f"{live}/cert.pem")
         new = str(state(container, lineage)["next_record"])
@@ -139,7 +140,7 @@ def test_a_kill_at_every_step_of_an_acme_switch_is_made_good(site_deployed: str)
         assert "INVALID" not in listed.stdout and "Certificate Path" in listed.stdout, listed
     finally:
         reader.stop()
-        sh(container, f"{CLEAN_ENV} pkinfra-rollover abort {lineage}")
+        sh(container, f"{CLEAN_ENV} {paths.ROLLOVER} abort {lineage}")
 
 
 def _sha256s(container: str, directory: str) -> dict[str, str]:
@@ -161,8 +162,8 @@ def test_a_kill_at_every_step_of_a_ca_switch_is_made_good(
     assert original in text
     inventory.write_text(text.replace(original, original[:-1] + f', "rollover": "{label}"}}'))
     settings = tmp_path / "group_data" / "all.py"
-    with settings.open("a") as added:
-        added.write("\nrollover_wait = 0\n")  # step 2 is this test's, by hand first
+    # No rollover_wait: a run does step 2 only once the TTL has passed, which this test waits
+    # for itself before it runs the switch by hand.
 
     site_run(inventory)  # step 1: the next key and certificate
     for _ in range(3):  # the next record joins the zone, and once every server serves it: noted

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -116,31 +117,51 @@ def test_a_pending_notification_is_a_warning(site_deployed: str, db1_pending: No
     assert backup["state"] == "warning", backup
 
 
+HELD_REASON = "_25._tcp.mx1.example.test: the new key's record is not served yet (lab test)"
+
+
 @pytest.fixture
 def postfix_on_another_key() -> Iterator[None]:
-    """Postfix's copies hold another key (as while the DANE gate holds a new one back);
-    the delivery agent puts the real ones back afterwards."""
+    """Postfix's copies hold another key, and the delivery agent, run with a gate that says
+    no, holds the lineage's key back from it (the agent writes the hold down, as it does while
+    a new key's TLSA record is not served long enough); the real agent puts the real files back
+    afterwards."""
     script = (
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 "
         "-subj /CN=mx1.example.test -keyout /etc/postfix/tls/mail.key "
         "-out /etc/postfix/tls/mail.crt 2>/dev/null"
     )
     assert docker("pkinfra-mx1", "sh", "-c", script).returncode == 0
+    mapping = json.loads(docker("pkinfra-mx1", "cat", paths.SERVICES_MAPPING).stdout)
+    for service in mapping["services"]:
+        assert service.get("gate"), service
+        service["gate"] = f"echo {shlex.quote(HELD_REASON)}; exit 1"
+    held_mapping = "/run/lab-held-mapping.json"
+    written = docker(
+        "pkinfra-mx1", "sh", "-c", f"cat > {held_mapping}", stdin=json.dumps(mapping).encode()
+    )
+    assert written.returncode == 0
+    run = docker("pkinfra-mx1", "python3", paths.DELIVERY_AGENT, "--mapping", held_mapping)
+    assert b'"held"' in run.stdout and HELD_REASON.encode() in run.stdout, run.stdout + run.stderr
     try:
         yield
     finally:
+        docker("pkinfra-mx1", "rm", "-f", held_mapping)
         done = docker(
             "pkinfra-mx1", "python3", paths.DELIVERY_AGENT, "--mapping", paths.SERVICES_MAPPING
         )
         assert done.returncode == 0, done.stdout + done.stderr
+        # Delivered: the hold is no longer written down.
+        gone = docker("pkinfra-mx1", "ls", f"{paths.STATE_DIR}/held")
+        assert b"postfix" not in gone.stdout, gone.stdout
 
 
 def test_a_held_delivery_is_shown(site_deployed: str, postfix_on_another_key: None) -> None:
     _, data = status("--no-live", "--limit", "mx1.example.test")
     mail = row(data, "mx1.example.test", "mail")
     (service,) = mail["services"]
-    assert service["summary"] == "held" and service["held"], mail
-    assert any("delivery held" in r for r in mail["reasons"])
+    assert service["summary"] == "held" and service["held"] == HELD_REASON, mail
+    assert any("delivery held" in r and HELD_REASON in r for r in mail["reasons"])
     assert mail["state"] in ("warning", "critical")
 
 

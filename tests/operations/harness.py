@@ -79,7 +79,17 @@ def command_text(command: Any) -> str | dict[str, Any]:
     if isinstance(command, StringCommand):
         return command.get_masked_value()
     if isinstance(command, FunctionCommand):
-        return {"function": command.function.__name__}
+        text: dict[str, Any] = {"function": command.function.__name__}
+        # Remote commands an execution-time function runs before (a key made in the command
+        # that prints its CSR) or after its own are part of what a case shows.
+        for key in ("prepare", "then"):
+            if command.kwargs.get(key):
+                text[key] = command.kwargs[key]
+        if command.function.__name__ == "_issue_all":
+            text["certificates"] = [
+                {k: c[k] for k in ("cert_name", "prepare") if c.get(k)} for c in command.args[0]
+            ]
+        return text
     return {type(command).__name__: repr(command)}
 
 

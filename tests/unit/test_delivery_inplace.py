@@ -195,13 +195,21 @@ def test_a_new_key_waits_for_the_gate_a_renewal_with_the_same_key_does_not(
     inplace.service["gate"] = f"touch {asked}; echo 'TLSA for the new key not yet served'; exit 1"
     planned = inplace.run(plan=True)
     assert planned.held is not None and "TLSA record" in planned.held and not asked.exists()
+    record = inplace.state / "held" / "inplace"
+    assert not record.exists(), "a plan writes nothing down"
     held = inplace.run()
     assert held.held == "TLSA for the new key not yet served" and held.notified is None
     assert inplace.recorded == before and not inplace.pending and inplace.notifications == 2
+    # Written down for `pkinfra status`; a hold that goes on keeps its first time.
+    assert record.read_text() == "TLSA for the new key not yet served\n"
+    os.utime(record, (1, 1))
+    inplace.run()
+    assert record.stat().st_mtime == 1
 
     inplace.service["gate"] = "true"
     assert inplace.run().notified and inplace.notifications == 3
     assert inplace.recorded["sha256"] == sha256_of(inplace.lineage.cert)
+    assert not record.exists(), "delivered: no longer held"
 
 
 def test_a_key_that_does_not_match_is_refused(inplace: InPlace, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def test_generated_key_is_private_and_recognised(tmp_path: Path, key_type: str) 
     group = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
     subprocess.run(["sh", "-c", genpkey(str(path), key_type, owner, group)], check=True)
     assert path.stat().st_mode & 0o777 == 0o600
-    assert not list(path.parent.glob("*.pkinfra-new"))
+    assert not list(path.parent.glob("*.pkinfra-new*"))
 
     fact = PrivateKey()
     output = run_fact(fact.command(path=str(path)))

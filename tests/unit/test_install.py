@@ -61,7 +61,7 @@ def test_agent_operation_writes_what_differs_and_drops_stale_modules() -> None:
     facts = {"facts.AgentFiles": {"directory=/usr/local/lib/pkinfra": have}}
     commands, host = run_operation("system", "agent", {"facts": facts})
     path = "/usr/local/lib/pkinfra/pkinfra/agent/delivery.py"
-    staged = "/usr/local/lib/pkinfra/pkinfra/agent/.delivery.py.pkinfra-new"
+    staged = "/usr/local/lib/pkinfra/pkinfra/agent/.delivery.py.pkinfra-new-RUN"
     digest = hashlib.sha256(files["pkinfra/agent/delivery.py"]).hexdigest()[:16]
     assert commands == [
         "mkdir -p /usr/local/lib/pkinfra/pkinfra/agent",

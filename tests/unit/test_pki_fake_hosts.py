@@ -2,9 +2,9 @@
 @fake hosts, the other over 20 more. All serials are unique, the record holds every certificate
 exactly once, and each record line has its certificate file.
 
-The @fake connector answers the CSR command with a CSR made here for that host (its key stays
-in this test); every other remote command succeeds with no output, so every certificate is
-"missing" and issued.
+The @fake connector answers the host's CSR command with a CSR made here for each of its
+certificates (their keys stay in this test); every other remote command succeeds with no
+output, so every certificate is "missing" and issued.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pkinfra.ca import CAStore, PassphraseSource
-from pkinfra.keys import generate_private_key, spki_sha256
+from pkinfra.keys import generate_private_key
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
@@ -44,16 +44,21 @@ cas = {
 """
 
 
-def csr_response(name: str) -> list[str]:
-    key = generate_private_key("ec-p256")
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(Encoding.PEM)
-        .decode()
-    )
-    return [spki_sha256(key.public_key()), *csr.splitlines()]
+def csr_response(count: int) -> list[str]:
+    """What the host's one CSR command prints for ``count`` certificates: each CSR after its
+    marker."""
+    lines = []
+    for i in range(count):
+        key = generate_private_key("ec-p256")
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+            .public_bytes(Encoding.PEM)
+            .decode()
+        )
+        lines += [f"@csr|{i}", *csr.splitlines()]
+    return lines
 
 
 def site(directory: Path, prefix: str, count: int, store: Path) -> Path:
@@ -67,10 +72,7 @@ def site(directory: Path, prefix: str, count: int, store: Path) -> Path:
     hosts = []
     for i in range(count):
         fqdn = f"{prefix}{i}.fake.test"
-        responses = {
-            f"openssl req -new -key /etc/pkinfra/certs/{cert}/key.pem": csr_response(fqdn)
-            for cert in CERTS
-        }
+        responses = {"openssl req -new": csr_response(len(CERTS))}
         certificates = [
             {"name": cert, "names": [f"{cert}.{fqdn}"], "issuer": "fake-sub"} for cert in CERTS
         ]

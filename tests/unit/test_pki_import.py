@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from pkinfra.ca import CAStore, PassphraseSource
-from pkinfra.keys import generate_private_key, spki_sha256
+from pkinfra.keys import generate_private_key
 from tests.helpers import make_mkcert_ca
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,8 @@ def test_imported_mkcert_ca_keeps_validating_and_issues(tmp_path: Path) -> None:
         "fqdn": "app.legacy.test",
         "certificates": [{"name": "app", "names": ["app.legacy.test"], "issuer": "legacy"}],
         "fake_responses": {
-            "openssl req -new": [spki_sha256(key.public_key()), *csr.splitlines()],
+            # The host's one command for its CSRs: each after its marker.
+            "openssl req -new": ["@csr|0", *csr.splitlines()],
         },
         "fake_delay": 0,
         "fake_delay_jitter": 0,

@@ -164,6 +164,8 @@ def test_pending_and_held_deliveries_are_warnings(site: Site) -> None:
     # mx1's certificate has a new key; postfix still has the old one and a DANE gate. The
     # publisher serves both records (the held service keeps its own).
     mx1.certificate(mx1.host.certificates[0], new_key=True)
+    # ... and the delivery agent wrote down that the gate held the new key back.
+    mx1.write("/var/lib/pkinfra/held/postfix", b"_25._tcp.mx1.example.test: served 12 s of 60\n")
     site.read()
     owner = "_25._tcp.mx1.example.test"
     for server in SERVERS:
@@ -173,7 +175,9 @@ def test_pending_and_held_deliveries_are_warnings(site: Site) -> None:
     assert pg.state is State.WARNING and pg.services[0].summary == "pending"
     assert any("postgresql: notification pending" in r for r in pg.reasons)
     mail = cert_row(report, "mx1.example.test", "mail")
-    assert mail.services[0].summary == "held" and mail.services[0].held
+    assert mail.services[0].summary == "held"
+    assert mail.services[0].held == "_25._tcp.mx1.example.test: served 12 s of 60"
+    assert any("postfix: delivery held" in r and "served 12 s of 60" in r for r in mail.reasons)
     assert mail.state is State.WARNING, mail.reasons
     assert report.exit_code == 1
     prom = parse_prometheus(status.to_prometheus(report))
@@ -182,6 +186,18 @@ def test_pending_and_held_deliveries_are_warnings(site: Site) -> None:
     assert (
         prom["pkinfra_delivery_held"][(("certificate", "mail"), ("host", "mx1.example.test"))] == 1
     )
+
+
+def test_an_old_key_without_a_recorded_hold_is_stale_not_held(site: Site) -> None:
+    """Nothing recorded a hold (no delivery since the new key): the service is behind, and
+    status does not guess why."""
+    mx1 = site.files["mx1.example.test"]
+    site.read()
+    mx1.certificate(mx1.host.certificates[0], new_key=True)
+    site.read()
+    mail = cert_row(site.report(), "mx1.example.test", "mail")
+    assert mail.services[0].summary == "stale" and mail.services[0].held is None
+    assert any("still has the previous key" in r for r in mail.reasons), mail.reasons
 
 
 def test_the_held_service_keeps_its_record_wanted(site: Site) -> None:
