@@ -16,7 +16,8 @@ does not happen. When each record was first seen everywhere is kept in ``seen_fi
 
 The wanted records are those of the listed certificates that exist, those a rollover keeps,
 and those of the certificate files the services of the lineage have now (from the services
-mapping): a service still on an older key (its delivery held or pending) keeps its record.
+mapping; for a service that reads the lineage in place, the certificate the delivery agent last
+told it of): a service still on an older key (its delivery held or pending) keeps its record.
 
 The configuration (``/etc/pkinfra/dane.json``, written by the deploy)::
 
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from pkinfra import tlsa
+from pkinfra.agent import paths
 from pkinfra.agent.errors import PkinfraError
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 
@@ -79,17 +81,34 @@ def kept(publication: dict[str, Any], rollover_dir: str | None) -> set[str]:
 
 
 def in_service(publication: dict[str, Any], mapping: str | None) -> set[str]:
-    """3 1 1 of the certificates the services of the publication's lineages have now."""
+    """3 1 1 of the certificates the services of the publication's lineages have now: their
+    copies, or for a service that reads the lineage in place, the certificate it was told of."""
     if not mapping or not Path(mapping).exists():
         return set()
     try:
-        services = json.loads(Path(mapping).read_text()).get("services", [])
+        data = json.loads(Path(mapping).read_text())
     except (OSError, ValueError) as exc:
         raise PublishError(f"cannot read the services mapping {mapping}: {exc}") from None
+    services = data.get("services", [])
+    # Where the delivery agent records what each in-place service was last told.
+    served_dir = Path(data.get("served_dir", paths.SERVED_DIR))
     values = set()
     names = set(lineages(publication))
     for service in services:
         if service.get("lineage") not in names:
+            continue
+        if not service.get("files"):
+            # In place: the service serves what it was last told (a held or pending change
+            # has not reached it yet), which the delivery agent wrote down.
+            record = served_dir / f"{service['name']}.json"
+            try:
+                spki = json.loads(record.read_text()).get("spki_sha256")
+            except FileNotFoundError:
+                continue  # never told: it reads the certificate when it starts
+            except (OSError, ValueError) as exc:
+                raise PublishError(f"{record}: {exc}") from None
+            if spki:
+                values.add(tlsa.canonical(f"3 1 1 {spki}"))
             continue
         for f in service.get("files", []):
             if f.get("content") not in ("cert", "fullchain", "combined"):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pkinfra import tlsa
-from pkinfra.agent import dane_publish
+from pkinfra.agent import dane_publish, delivery
 from tests.helpers import self_signed
 from tests.unit.named_fixture import MX1_TLSA, NamedLab, named_binary, running_lab
 
@@ -164,3 +164,31 @@ def test_a_refused_update_is_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("pkinfra-dane-publish: ") and "REFUSED" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_service_reading_in_place_keeps_the_record_of_what_it_was_told(
+    named: NamedLab, tmp_path: Path
+) -> None:
+    old, old_rr = certificate(tmp_path, "told-old")
+    new, new_rr = certificate(tmp_path, "lineage-new")
+    served_dir = tmp_path / "served"
+    served_dir.mkdir()
+    told = served_dir / "tlsd.json"
+    mapping = tmp_path / "services.json"
+    mapping.write_text(
+        json.dumps(
+            {
+                "served_dir": str(served_dir),
+                "services": [{"name": "tlsd", "lineage": "mail", "files": [], "in_place": {}}],
+            }
+        )
+    )
+    cfg = config(named, tmp_path, [str(new)], services_mapping=str(mapping))
+    # The delivery agent told the service about the old certificate (its hold keeps it there).
+    told.write_text(json.dumps(delivery.fingerprint(old.read_bytes())))
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert all(v == {old_rr, new_rr} for v in served(named).values())
+    # Told about the new one: the next publication drops the old record.
+    told.write_text(json.dumps(delivery.fingerprint(new.read_bytes())))
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert all(v == {new_rr} for v in served(named).values())
