@@ -92,6 +92,10 @@ if first_to_reach("pki: CAs and CRLs"):
             _run_once=True,
         )
 
+# Every host, after the first host's controller work above: what orders that work before any
+# host's signing and CRL uploads (see operations/context.py first_to_reach).
+pki.controller_ready(name="CAs and CRLs ready", what="CAs and CRLs")
+
 plan = issue.host_plan(site, spec.fqdn)
 servers = [
     str(site.host(name).address)

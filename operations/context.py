@@ -60,6 +60,10 @@ def first_to_reach(point: str) -> bool:
     Controller-only operations are called there and on no other host: ``_run_once`` alone
     runs each on one host too, but pyinfra still prepares it on every host (a walk of the call
     stack, several milliseconds each), which a run over many hosts notices.
+
+    pyinfra orders operations by each host's own sequence, so operations only the first host
+    has are not ordered before another host's: follow the block with one operation every host
+    calls (``pki.controller_ready``), which is.
     """
     key = (id(ctx_state.get()), point)
     if key in _reached:

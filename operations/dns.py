@@ -516,7 +516,7 @@ def _check_config(chain: list[str], config_file: str, staged: list[str]) -> Iter
     """Shell: ``named-checkconf`` on the admin's whole configuration with the staged file in
     place of pkinfra's: a copy of each file of the include chain, pointing at the next copy."""
     directory = config_file.rpartition("/")[0]
-    copies = [f"{directory}/check-{i}.conf" for i in range(len(chain))]
+    copies = [run_checked(f"{directory}/check-{i}.conf") for i in range(len(chain))]
     targets = [*copies[1:], run_staged(config_file)]
     originals = [*chain[1:], config_file]
     for path, copy, original, target in zip(chain, copies, originals, targets, strict=True):

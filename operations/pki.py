@@ -312,6 +312,26 @@ def _make_ca(state: Any, host: Any, **kw: Any) -> bool:
 
 
 @operation()
+def controller_ready(what: str):
+    """
+    Nothing on the host: the point of the run after which the controller's work of the first
+    host (``context.first_to_reach``: CAs made, certificates revoked, CRLs issued) is done.
+    pyinfra orders operations by each host's sequence; this one, called on every host, puts
+    that work before any host's signing or CRL upload.
+
+    + what: what is ready (for the output)
+
+    **Example:**
+
+    .. code:: python
+
+        pki.controller_ready(name="CAs and CRLs ready", what="CAs and CRLs")
+    """
+    host.noop(f"{what} ready on the controller")
+    yield from ()
+
+
+@operation()
 def crl(
     ca: str,
     store: str,
