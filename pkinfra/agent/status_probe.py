@@ -227,19 +227,15 @@ def service_info(reader: Reader, service: dict[str, Any], state_dir: str) -> dic
     """One service of the delivery mapping: pending mark, copies current?, served record."""
     name = service["name"]
     result: dict[str, Any] = {"pending": None}
-    mark_path = reader.path(f"{state_dir}/pending/{name}")
-    mark = reader.read(f"{state_dir}/pending/{name}", MARK_MAX)
-    if mark is not None:
-        text = mark.decode("utf-8", "replace").strip().splitlines()
-        result["pending"] = text[0] if text else "notification owed"
-        result["pending_since"] = int(mark_path.stat().st_mtime)
-    # Written by the delivery agent while the service's gate holds a new key back.
-    held_path = reader.path(f"{state_dir}/held/{name}")
-    held = reader.read(f"{state_dir}/held/{name}", MARK_MAX)
-    if held is not None:
-        text = held.decode("utf-8", "replace").strip().splitlines()
-        result["held"] = text[0] if text else "held by the service's gate"
-        result["held_since"] = int(held_path.stat().st_mtime)
+    # The delivery agent's marks: a notification owed, a new key its gate holds back. Each is
+    # a first line of text; the file's time is since when.
+    for kind, default in (("pending", "notification owed"), ("held", "held by the service's gate")):
+        path = f"{state_dir}/{kind}/{name}"
+        mark = reader.read(path, MARK_MAX)
+        if mark is not None:
+            text = mark.decode("utf-8", "replace").strip().splitlines()
+            result[kind] = text[0] if text else default
+            result[f"{kind}_since"] = int(reader.path(path).stat().st_mtime)
     files = []
     for f in service.get("files", []):
         have = reader.read(f["path"])

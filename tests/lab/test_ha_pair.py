@@ -7,42 +7,27 @@ inventory is put back at the end (mon1's extra certificate revoked and its files
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from lab.topology import pyinfra_name
 from pkinfra import tlsa
 from tests.helpers import lab_inventory_copy
 from tests.lab.test_dane import DB1, check, dig_tlsa
-from tests.lab.test_rollover import authoritative, sh
+from tests.lab.test_rollover import authoritative, run_pyinfra, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 OWNER = "_5432._tcp.db1.example.test"
 REPLICA_DIR = "/etc/pkinfra/certs/pgreplica"
-LIMIT = [
-    arg
-    for role in ("ns1", "ns2", "resolver", "db1", "mon1")
-    for arg in ("--limit", pyinfra_name(role))
-]
+GROUPS = ("dns", "resolvers", "db", "monitoring")
 
 pytestmark = pytest.mark.lab
 
 
 def deploy(inventory: Path) -> str:
-    run = subprocess.run(
-        [str(PYINFRA), "-y", str(inventory), "deploys/pki.py", "deploys/dns.py", *LIMIT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-6000:]
-    return out
+    return run_pyinfra(inventory, "deploys/pki.py deploys/dns.py", GROUPS)
 
 
 def record_on(container: str, path: str) -> str:
