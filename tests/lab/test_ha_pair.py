@@ -7,7 +7,6 @@ inventory is put back at the end (mon1's extra certificate revoked and its files
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from tests.lab.test_dane import DB1, check, dig_tlsa
 from tests.lab.test_rollover import authoritative, run_pyinfra, sh
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 OWNER = "_5432._tcp.db1.example.test"
 REPLICA_DIR = "/etc/pkinfra/certs/pgreplica"
 GROUPS = ("dns", "resolvers", "db", "monitoring")
