@@ -63,9 +63,13 @@ if ! printf '%s' "$1" | cmp -s - /etc/resolv.conf; then
     echo resolv.conf
 fi
 if [ -n "$2" ]; then
-    # systemd is PID 1 here: wait (bounded) until it has finished starting up. Its boot empties
-    # /tmp (tmpfiles on Debian 12, a tmpfs on 13), so nothing may use /tmp before that.
-    timeout 120 systemctl is-system-running --wait >/dev/null 2>&1 || true
+    # systemd is PID 1 here: wait (bounded: 2 minutes) until it has finished starting up. Its
+    # boot empties /tmp (tmpfiles on Debian 12, a tmpfs on 13), so nothing may use /tmp before
+    # that. Right after a start systemctl cannot even reach it (no state printed): wait then too.
+    for _ in $(seq 1 600); do
+        state=$(systemctl is-system-running 2>/dev/null || true)
+        case "$state" in initializing|starting|"") sleep 0.2 ;; *) break ;; esac
+    done
 fi
 if [ ! -s /etc/ssl/private/ssl-cert-snakeoil.key ]; then
     # make-ssl-cert talks through debconf: keep its chatter unless it fails. Its scratch files
@@ -94,7 +98,7 @@ chmod 0700 "$home/.ssh"
 chmod 0600 "$home/.ssh/authorized_keys"
 for unit in ssh $4; do
     if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
-        systemctl enable --quiet "$unit" 2>/dev/null
+        systemctl enable --quiet "$unit" || { echo "cannot enable $unit" >&2; exit 1; }
         echo "enable-$unit"
     fi
     if ! systemctl is-active --quiet "$unit"; then

@@ -134,8 +134,10 @@ def _ensure_acme_server_ca() -> None:
 def up() -> LabStatus:
     """Bring the lab up (building images if needed) and return its status; LabError if not."""
     started = time.monotonic()
+    # The engine first: an unreachable one is one clear line, never a wait for another lab
+    # command's lock.
+    client = connect()
     with _locked():
-        client = connect()
         image_of = images.ensure_lab_images(client)
         public_key = ssh.ensure_keypair()
         _network, created = containers.ensure_network(client)
@@ -177,8 +179,8 @@ def up() -> LabStatus:
 
 def down() -> None:
     """Remove the lab's containers and network (and its known_hosts); keep the images."""
+    client = connect()
     with _locked():
-        client = connect()
         for name, container in sorted(containers.lab_containers(client).items()):
             say(f"removing {name}")
             containers.remove_container(container)
