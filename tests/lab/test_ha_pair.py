@@ -50,6 +50,9 @@ def test_an_ha_pair_publishes_one_rrset_with_both_keys(site_deployed: str, tmp_p
 
     db1_record = record_on("pkinfra-db1", "/etc/pkinfra/certs/postgres/cert.pem")
     try:
+        # The zone's include is rendered from the CA store when a run starts: a certificate
+        # this run issues has its record published by the next run.
+        deploy(inventory)
         deploy(inventory)
         mon1_record = record_on("pkinfra-mon1", f"{REPLICA_DIR}/cert.pem")
         assert mon1_record != db1_record
