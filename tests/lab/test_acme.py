@@ -124,7 +124,8 @@ def test_clean_environment_renewals_keep_the_key(
 ) -> None:
     before = sh("pkinfra-mx1", SPKI).stdout.strip()
     assert len(before) == 64
-    for attempt in range(3):
+    # Twice: the second renewal starts from a lineage a renewal already rewrote.
+    for attempt in range(2):
         started = time.monotonic()
         run = subprocess.run(
             ["docker", "exec", "pkinfra-mx1", *CLEAN, "certbot", "renew", "--force-renewal"],
