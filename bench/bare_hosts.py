@@ -10,7 +10,9 @@ call. The containers are always removed at the end. The lab's own containers are
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -190,3 +193,15 @@ def changed(out: str) -> str:
         if "Grand total" in line:
             return " ".join(line.split()[2:])
     return "?"
+
+
+def save_results(results: dict[str, Any], out: Path) -> None:
+    """``results`` with the machine they were measured on, written to ``out`` as JSON."""
+    results["environment"] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out}")

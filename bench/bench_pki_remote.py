@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -125,14 +123,7 @@ def main(argv: Sequence[str] = ()) -> None:
         "first_run_10_hosts_under_10_s": 10 in bare and bare[10]["first_run_seconds"] < 10,
         "first_run_50_hosts_under_30_s": 50 in bare and bare[50]["first_run_seconds"] < 30,
     }
-    results["environment"] = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.out}")
+    bare_hosts.save_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 from collections import Counter
@@ -141,14 +139,7 @@ def main(argv: Sequence[str] = ()) -> None:
         and bare["hosts"] >= 50
         and bare["seconds_best"] < 10,
     }
-    results["environment"] = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.out}")
+    bare_hosts.save_results(results, args.out)
 
 
 if __name__ == "__main__":
