@@ -23,6 +23,7 @@ import pytest
 
 from pkinfra import switch
 from pkinfra.agent import paths
+from pkinfra.model import load_inventory_file
 from tests.helpers import lab_inventory_copy
 from tests.lab.dane_probe import DB1_POSTGRES, DaneProbe
 from tests.lab.test_dane import LINEAGES
@@ -178,7 +179,8 @@ def test_a_kill_at_every_step_of_a_ca_switch_is_made_good(
     assert authoritative(owner) == [{old_record, new_record}] * 2
     # The TTL passes before anything is switched (what the operation's gate waits for).
     served_since = int(str(state(container, "postgres")["served_since"]))
-    while int(sh(container, "date +%s").stdout) < served_since + 31:
+    ttl = max(zone.tlsa_ttl for zone in load_inventory_file(inventory).settings.zones)
+    while int(sh(container, "date +%s").stdout) < served_since + ttl + 1:
         time.sleep(1)
 
     program = switch.program(directory, next_dir)
