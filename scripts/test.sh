@@ -30,7 +30,7 @@ lab_status=0
 "$BIN/python" -m lab up || lab_status=$?
 if [ "$lab_status" -eq 0 ]; then
   say "lab tests"
-  "$BIN/pytest" -q -m lab --basetemp="$LOGS/tmp-lab" || lab_status=$?
+  "$BIN/pytest" -q -m lab --durations=25 --basetemp="$LOGS/tmp-lab" || lab_status=$?
 else
   say "lab up failed (exit $lab_status): no lab test ran"
 fi
