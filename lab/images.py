@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ BASE_TIDY: Final = ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/
 
 BUILD_DIR: Final = LAB_DIR / "build"
 LOG_DIR: Final = LAB_DIR / "logs"
+#: The build container of a release's lab image is `<BUILD_CONTAINER>-<suite>`: the releases
+#: build side by side.
 BUILD_CONTAINER: Final = "pkinfra-lab-build"
 
 # Runs in a container of the base image, on the default bridge. Daemons must not start during
@@ -240,8 +243,15 @@ def ensure_lab_image(client: Any, suite: str) -> ImageSpec:
 
 
 def ensure_lab_images(client: Any) -> dict[str, ImageSpec]:
-    """Build what is missing of every release's images; role -> its lab image's spec."""
-    built = {suite: ensure_lab_image(client, suite) for suite in sorted(set(SUITES.values()))}
+    """Build what is missing of every release's images, the releases side by side (each build
+    waits mostly on the Debian mirror and dpkg, one per core); role -> its lab image's spec.
+
+    A failed build fails `lab up` with its own error once the other build has ended."""
+    suites = sorted(set(SUITES.values()))
+    with ThreadPoolExecutor(max_workers=len(suites), thread_name_prefix="lab-build") as pool:
+        futures = {suite: pool.submit(ensure_lab_image, client, suite) for suite in suites}
+        wait(futures.values())
+    built = {suite: future.result() for suite, future in futures.items()}
     return {role: built[suite] for role, suite in SUITES.items()}
 
 
@@ -305,7 +315,7 @@ def build_base_image(client: Any, spec: ImageSpec, suite: str) -> None:
         for pattern in BASE_TIDY:
             for leftover in rootfs.glob(pattern):
                 leftover.unlink()
-        say(f"debootstrap done in {time.monotonic() - started:.0f} s; importing into Docker...")
+        say(f"debootstrap {suite} done in {time.monotonic() - started:.0f} s; importing...")
         _import_rootfs(client, rootfs, spec)
     finally:
         _remove_tree(work)
@@ -347,18 +357,24 @@ def _import_rootfs(client: Any, rootfs: Path, spec: ImageSpec) -> None:
         raise LabError(f"importing the base image {spec.tag}: no image after import")
 
 
-def _remove_build_container(client: Any) -> None:
-    with docker_step(f"removing the build container {BUILD_CONTAINER}"), suppress(NotFound):
-        client.containers.get(BUILD_CONTAINER).remove(force=True)
+def build_container_name(suite: str) -> str:
+    """The name of the container that builds the lab image of `suite`."""
+    return f"{BUILD_CONTAINER}-{suite}"
+
+
+def _remove_build_container(client: Any, suite: str) -> None:
+    name = build_container_name(suite)
+    with docker_step(f"removing the build container {name}"), suppress(NotFound):
+        client.containers.get(name).remove(force=True)
 
 
 def build_lab_image(client: Any, base: ImageSpec, spec: ImageSpec, suite: str) -> None:
     """Install the lab packages in a container of `base` and commit it as `spec.tag`."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"lab-{spec.digest}.log"
-    _remove_build_container(client)
+    _remove_build_container(client, suite)
     say(
-        f"building lab image {spec.tag} (apt-get install of {len(PACKAGES)} packages "
+        f"building lab image {spec.tag} ({suite}: apt-get install of {len(PACKAGES)} packages "
         "from the Debian mirror, ~1-2 min)..."
     )
     started = time.monotonic()
@@ -367,7 +383,7 @@ def build_lab_image(client: Any, base: ImageSpec, spec: ImageSpec, suite: str) -
             container = client.containers.create(
                 base.tag,
                 command=["sh", "-c", build_script(suite)],
-                name=BUILD_CONTAINER,
+                name=build_container_name(suite),
                 hostname="build.invalid",
                 network_mode="bridge",
             )
@@ -390,5 +406,5 @@ def build_lab_image(client: Any, base: ImageSpec, spec: ImageSpec, suite: str) -
                 message=f"pkinfra lab image from {base.tag}",
             )
     finally:
-        _remove_build_container(client)
-    say(f"lab image {spec.tag} built in {time.monotonic() - started:.0f} s")
+        _remove_build_container(client, suite)
+    say(f"lab image {spec.tag} ({suite}) built in {time.monotonic() - started:.0f} s")
