@@ -1,17 +1,24 @@
 """pkinfra on a site whose admin keeps BIND, Postfix, PostgreSQL and nginx by hand: a run of the
 product (``deploys/site.py``, nothing lab-only) delivers, reloads and publishes, and leaves every
 file of the admin's byte for byte as it was (the one documented exception: the serial of a zone
-the admin keeps moves when pkinfra's include file for it changes)."""
+the admin keeps moves when pkinfra's include file for it changes).
+
+The run uses a copy of the lab inventory in which web1 also publishes its ACME certificate's
+record in the kept zone: pkinfra's include file then holds a delegation CNAME into the shadow
+zone as well as a CA-issued TLSA record. The lab inventory is run again afterwards."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from lab.topology import HOSTS
-from pkinfra import zones
+from pkinfra import tlsa, zones
+from tests.helpers import lab_inventory_copy
 from tests.lab.test_dns import docker, pyinfra
 from tests.lab.test_pki import totals
 
@@ -33,6 +40,10 @@ ADMINS_FILES = {
     ],
     "pkinfra-web1": ["/etc/nginx/nginx.conf", "/etc/nginx/sites-enabled/default"],
 }
+#: web1's certificate published in the kept zone too (copy of the inventory): a delegation.
+WEB_TLSA = '"tlsa": [{"port": 443, "certificate": "web"}]'
+KEPT_OWNER = f"_443._tcp.www.{ADMIN_ZONE}"
+KEPT_TARGET = f"{KEPT_OWNER}.shadow.test"
 SERIAL = re.compile(r"^(\s*)(\d{10})(\s*; serial)", re.M)
 
 
@@ -60,6 +71,22 @@ def served(server: str, name: str, rdtype: str) -> list[str]:
     return sorted(line.strip().lower() for line in out.splitlines() if line.strip())
 
 
+def assert_published(target: str, record: str, timeout: float = 30) -> None:
+    """web1's agent publishes its record at ``target`` by RFC 2136 after the run's delivery: every
+    authoritative server serves it within ``timeout``."""
+    want = tlsa.canonical(record)
+    deadline = time.monotonic() + timeout
+    while True:
+        sets = [
+            {tlsa.canonical(r) for r in served(server, target, "TLSA")}
+            for server in (HOSTS["ns1"], HOSTS["ns2"])
+        ]
+        if all(want in found for found in sets):
+            return
+        assert time.monotonic() < deadline, f"{target}: {sets}, not {want}"
+        time.sleep(0.5)
+
+
 def spki(container: str, cert: str) -> str:
     return docker(
         container,
@@ -67,7 +94,28 @@ def spki(container: str, cert: str) -> str:
     ).split()[0]
 
 
-def test_product_run_keeps_the_admins_files_and_serves_the_kept_zone(site_deployed: str) -> None:
+def with_delegation_in_the_kept_zone(directory: Path) -> Path:
+    inventory = lab_inventory_copy(directory)
+    text = inventory.read_text()
+    assert text.count(WEB_TLSA) == 1
+    added = WEB_TLSA[:-1] + f', {{"port": 443, "certificate": "web", "name": "www.{ADMIN_ZONE}"}}]'
+    inventory.write_text(text.replace(WEB_TLSA, added))
+    return inventory
+
+
+def test_product_run_keeps_the_admins_files_and_serves_the_kept_zone(
+    site_deployed: str, tmp_path: Path
+) -> None:
+    inventory = with_delegation_in_the_kept_zone(tmp_path)
+    try:
+        _product_run_keeps_the_admins_files(inventory)
+    finally:
+        restored = pyinfra("deploys/site.py")
+        assert restored.returncode == 0, (restored.stdout + restored.stderr)[-4000:]
+    assert served(HOSTS["ns1"], KEPT_OWNER, "CNAME") == []
+
+
+def _product_run_keeps_the_admins_files(inventory: Path) -> None:
     # From a converged site: earlier lab tests leave work behind (a TLSA set, a held delivery).
     converge = pyinfra("deploys/site.py")
     assert converge.returncode == 0, (converge.stdout + converge.stderr)[-4000:]
@@ -83,7 +131,7 @@ def test_product_run_keeps_the_admins_files_and_serves_the_kept_zone(site_deploy
     docker("pkinfra-mx1", "rm -f /etc/postfix/tls/mail.crt")
     docker("pkinfra-ns1", f"rm -f {LAYOUT.admin_include(ADMIN_ZONE)}")
 
-    run = pyinfra("deploys/site.py")
+    run = pyinfra("deploys/site.py", inventory=inventory)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
     assert totals(out)[2] == "-", out[-4000:]
@@ -103,15 +151,21 @@ def test_product_run_keeps_the_admins_files_and_serves_the_kept_zone(site_deploy
         postfix_pid
     )
     # Every authoritative server serves the kept zone with the admin's records and pkinfra's.
+    web_record = tlsa.TLSARecord.from_pem(
+        docker("pkinfra-web1", "cat /etc/letsencrypt/live/web/cert.pem").encode()
+    ).to_text()
     want = f"3 1 1 {spki('pkinfra-db1', '/etc/pkinfra/certs/postgres/cert.pem')}"
     for server in (HOSTS["ns1"], HOSTS["ns2"]):
         assert served(server, f"info.{ADMIN_ZONE}", "TXT") == ['"kept by hand"'], server
-        tlsa = served(server, f"_5432._tcp.db1.{ADMIN_ZONE}", "TLSA")
-        assert [t.replace(" ", "") for t in tlsa] == [want.replace(" ", "")], (server, tlsa)
+        kept = served(server, f"_5432._tcp.db1.{ADMIN_ZONE}", "TLSA")
+        assert [t.replace(" ", "") for t in kept] == [want.replace(" ", "")], (server, kept)
         soa = served(server, ADMIN_ZONE, "SOA")
         assert soa and soa[0].split()[2] == str(new), (server, soa)
+        # pkinfra's delegation in the kept zone, and the record web1 published at its target.
+        assert served(server, KEPT_OWNER, "CNAME") == [f"{KEPT_TARGET}."], server
+    assert_published(KEPT_TARGET, web_record)
 
-    again = pyinfra("deploys/site.py")
+    again = pyinfra("deploys/site.py", inventory=inventory)
     again_out = again.stdout + again.stderr
     assert again.returncode == 0, again_out[-4000:]
     assert totals(again_out)[1] == "-", "a second run changed something:\n" + again_out[-4000:]
