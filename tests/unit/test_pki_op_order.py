@@ -9,6 +9,7 @@ fact finds the certificate's key and nothing else.
 
 from __future__ import annotations
 
+import runpy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,7 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.host import Host
 from pyinfra.api.state import StateStage
 from pyinfra.connectors.fake import FakeConnector
-from pyinfra.context import ctx_inventory, ctx_state
-from pyinfra_cli.inventory import make_inventory
-from pyinfra_cli.util import load_deploy_file
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 
 from pkinfra import model
 from pkinfra.agent.paths import CERTS_DIR
@@ -75,34 +74,36 @@ def _site(directory: Path) -> Path:
     return inventory
 
 
-def _in_inventory_order(self: Inventory) -> list[Host]:
-    active = self.state.active_hosts
-    return [host for host in self if host in active]
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
     inventory_file = _site(tmp_path_factory.mktemp("op-order"))
+    deploy = str(ROOT / "deploys" / "pki.py")
+    code = compile(Path(deploy).read_text(), deploy, "exec")
     # check_for_changes: operation bodies run now and read their facts, as under --dry.
     state = State(check_for_changes=True)
     state.cwd = str(ROOT)
     state.current_op_file_number = 0
+    state.current_deploy_filename = deploy
     _PREPARED.append(state)
-    # As the CLI: operations are ordered (and named alike across hosts) by their deploy lines.
+    # What the CLI does, without importing pyinfra_cli (it monkey-patches this whole process
+    # for gevent). As under the CLI, operations are ordered (and named alike across hosts) by
+    # their deploy lines.
     with pytest.MonkeyPatch.context() as patch, ctx_state.use(state):
         patch.setattr(pyinfra, "is_cli", True)
-        # pyinfra starts the hosts' deploys in the order of a set, so any host may be the first
-        # to reach the controller work; here it is p0, the one that shares no operation with
-        # the others: only controller_ready can then order its work before theirs.
-        patch.setattr(Inventory, "get_active_hosts", _in_inventory_order)
-        patch.setattr(model, "_active", None)  # the inventory this run loads, until the end
-        inventory = make_inventory(str(inventory_file), cwd=str(ROOT))
+        patch.setattr(model, "_active", None)  # the inventory loaded here, until the end
+        hosts = runpy.run_path(str(inventory_file))["hosts"]  # validated: load_or_exit
+        inventory = Inventory((hosts, {}), fake=(hosts, {}))
         with ctx_inventory.use(inventory):
             state.init(inventory, Config())
             state.set_stage(StateStage.Connect)
             connect_all(state)
             state.set_stage(StateStage.Prepare)
-            load_deploy_file(state, str(ROOT / "deploys" / "pki.py"))
+            # The CLI starts the hosts' deploys in the order of a set, so any host may be the
+            # first to reach the controller work; here it is p0, the one that shares no
+            # operation with the others: only controller_ready can order its work before theirs.
+            for host in inventory:
+                with ctx_config.use(state.config.copy()), ctx_host.use(host):
+                    exec(code, {"__file__": deploy})
             yield state
 
 
