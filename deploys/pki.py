@@ -198,6 +198,7 @@ if not plan.empty:
             wait=site.settings.rollover_wait,
             current=state["directories"].get(directory, empty),
             next_current=state["directories"].get(f"{directory}/next", empty),
+            states=state["states"],
             **common,
         )
         track_certificate_op(op)  # the switch gives services the new key in the same run

@@ -22,7 +22,13 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, operation
 
 from operations.context import announce, run_on_host, upload_to_host
-from operations.facts import DirectoryFiles, PkiDirInfo, PkiFiles, PrivateKey, RolloverState
+from operations.facts import (
+    DirectoryFiles,
+    PkiDirInfo,
+    PkiFiles,
+    PrivateKey,
+    RolloverStateInfo,
+)
 from operations.util import (
     GENPKEY_ARGS,
     INLINE_MAX,
@@ -1020,6 +1026,7 @@ def key_rollover(
     state_dir: str = "/etc/pkinfra/rollover",
     current: PkiDirInfo | None = None,
     next_current: PkiDirInfo | None = None,
+    states: dict[str, RolloverStateInfo] | None = None,
 ):
     """
     Ensure the key of a CA-issued certificate has been rolled over to ``label``, never leaving
@@ -1038,6 +1045,7 @@ def key_rollover(
     + wait: how long this run may wait for step 2
     + state_dir: the host's rollover states (``<cert_name>.json``)
     + current, next_current: the two directories' ``PkiFiles`` entries, already read
+    + states: the ``states`` of a ``PkiFiles`` fact already read (path -> rollover state)
 
     Step 1 (a run): the next key and certificate; its record joins the zone with the next
     run's DNS deploy, and this operation then checks every server and notes the time. Step 2
@@ -1059,8 +1067,11 @@ def key_rollover(
         )
     """
     path = f"{state_dir}/{cert_name}.json"
-    found = host.get_fact(RolloverState, path=path) or {}
-    state = found.get("state") or {}
+    if states is None:
+        facts = host.get_fact(PkiFiles, states=[path])
+        states = facts["states"] if facts else {}
+    found = states.get(path)
+    state = found["state"] if found else {}
     next_dir = f"{directory}/next"
     # Only what the plan looks at is read: the current key to begin, the next one after that.
     in_progress = rollover.active(rollover.CA, state)
@@ -1072,7 +1083,7 @@ def key_rollover(
         pending = sorted(set(services) & set(told))
     seen = rollover.Seen(
         asked=label,
-        now=int(found.get("now", 0)),
+        now=found["now"] if found else 0,
         ttl=ttl,
         wait=wait,
         old_key=bool(key and key.get("spki_sha256")),

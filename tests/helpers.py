@@ -3,7 +3,8 @@
 ``self_signed`` is the one ``openssl req -x509`` the tests share; ``make_mkcert_ca`` builds a CA
 the way mkcert does (its ``rootCA.pem`` + ``rootCA-key.pem``) and a leaf it issued, for the
 tests that prove an imported CA keeps validating what it issued before. ``installed_agents``
-lays the host agents out as a host gets them.
+lays the host agents out as a host gets them. ``fake_site`` writes a site of pyinfra ``@fake``
+hosts under two CAs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 #: ``openssl req -newkey`` arguments for an ECDSA P-256 key.
 EC_P256 = ("ec", "-pkeyopt", "ec_paramgen_curve:P-256")
@@ -92,3 +94,44 @@ def installed_agents(lib_dir: Path) -> Path:
     entry = lib_dir / "delivery.py"
     entry.write_text(install.entry_point("delivery", "tests", lib_dir=str(lib_dir)))
     return entry
+
+
+#: The passphrase of the CAs of a ``fake_site`` (its file ``pass``).
+FAKE_PASSPHRASE = "fake-hosts passphrase\n"
+
+#: A ``fake_site``'s group data: a root CA and a sub-CA for names under fake.test.
+FAKE_GROUP_DATA = """
+pki_dir = "pki"
+zones = [{"name": "fake.test"}]
+shadow_zone = {"name": "shadow.fake.test"}
+dns = {"primary": "PRIMARY"}
+cas = {
+    "fake-root": {"key_type": "ec-p256", "path_length": 1, "passphrase": {"file": "pass"}},
+    "fake-sub": {
+        "parent": "fake-root",
+        "key_type": "ec-p256",
+        "validity_days": 1825,
+        "path_length": 0,
+        "permitted": ["fake.test"],
+        "passphrase": {"file": "pass"},
+    },
+}
+"""
+
+
+def fake_site(directory: Path, hosts: list[tuple[str, dict[str, Any]]], primary: str) -> Path:
+    """A site in ``directory`` whose ``hosts`` (pyinfra names such as ``@fake/h0`` and their
+    data) form the group ``fake``, ``primary`` being the DNS primary: its group data, the CAs'
+    passphrase file and its ``inventory.py``, whose path is returned. The CA store (``pki``)
+    is the caller's to make or link."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "group_data").mkdir()
+    (directory / "group_data" / "all.py").write_text(FAKE_GROUP_DATA.replace("PRIMARY", primary))
+    (directory / "pass").write_text(FAKE_PASSPHRASE)
+    (directory / "pass").chmod(0o600)
+    (directory / "inventory.py").write_text(
+        "from pkinfra.model import load_or_exit\n\n"
+        f"hosts = {hosts!r}\n"
+        "_inventory = load_or_exit(__file__, {'fake': hosts})\n"
+    )
+    return directory / "inventory.py"

@@ -20,28 +20,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from pkinfra.ca import CAStore, PassphraseSource
 from pkinfra.keys import generate_private_key
+from tests.helpers import FAKE_PASSPHRASE, fake_site
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 CERTS = ("web", "api")
-
-GROUP_DATA = """
-pki_dir = "pki"
-zones = [{"name": "fake.test"}]
-shadow_zone = {"name": "shadow.fake.test"}
-dns = {"primary": "PRIMARY"}
-cas = {
-    "fake-root": {"key_type": "ec-p256", "path_length": 1, "passphrase": {"file": "pass"}},
-    "fake-sub": {
-        "parent": "fake-root",
-        "key_type": "ec-p256",
-        "validity_days": 1825,
-        "path_length": 0,
-        "permitted": ["fake.test"],
-        "passphrase": {"file": "pass"},
-    },
-}
-"""
 
 
 def csr_response(count: int) -> list[str]:
@@ -62,13 +45,6 @@ def csr_response(count: int) -> list[str]:
 
 
 def site(directory: Path, prefix: str, count: int, store: Path) -> Path:
-    directory.mkdir()
-    (directory / "group_data").mkdir()
-    (directory / "group_data" / "all.py").write_text(
-        GROUP_DATA.replace("PRIMARY", f"{prefix}0.fake.test")
-    )
-    (directory / "pass").write_text("fake-hosts passphrase\n")
-    (directory / "pki").symlink_to(store)
     hosts = []
     for i in range(count):
         fqdn = f"{prefix}{i}.fake.test"
@@ -84,18 +60,15 @@ def site(directory: Path, prefix: str, count: int, store: Path) -> Path:
             "fake_delay_jitter": 0,
         }
         hosts.append((f"@fake/{prefix}{i}", data))
-    (directory / "inventory.py").write_text(
-        "from pkinfra.model import load_or_exit\n\n"
-        f"hosts = {hosts!r}\n"
-        "_inventory = load_or_exit(__file__, {'fake': hosts})\n"
-    )
-    return directory / "inventory.py"
+    inventory = fake_site(directory, hosts, primary=f"{prefix}0.fake.test")
+    (directory / "pki").symlink_to(store)
+    return inventory
 
 
 def test_two_processes_sign_concurrently_without_losing_anything(tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     secret = tmp_path / "pass"
-    secret.write_text("fake-hosts passphrase\n")
+    secret.write_text(FAKE_PASSPHRASE)
     store = CAStore(store_dir)
     source = PassphraseSource.from_file(secret)
     store.create_root("fake-root", key_type="ec-p256", path_length=1, passphrase=source)
