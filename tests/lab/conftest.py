@@ -14,6 +14,7 @@ import pytest
 
 import lab
 from lab.engine import connect
+from tests.lab.run import pyinfra
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,19 +57,7 @@ def docker_client() -> Iterator[Any]:
 def site_deployed(lab_up: lab.LabStatus) -> str:
     """The whole lab site deployed once per session (``lab/site.py``, as ``make demo`` does):
     every lab module starts from a converged lab and deploys only what it changes."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    pyinfra = Path(sys.executable).parent / "pyinfra"
-    run = subprocess.run(
-        [str(pyinfra), "-y", "inventory.py", "lab/site.py"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    run = pyinfra("lab/site.py", inventory="inventory.py", timeout=900)
     out = run.stdout + run.stderr
     if run.returncode != 0:
         pytest.fail(f"lab/site.py failed:\n{out[-6000:]}", pytrace=False)

@@ -14,21 +14,19 @@ import contextlib
 import re
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 
 import pytest
 
 from lab.topology import pyinfra_name
 from pkinfra import zones
 from pkinfra.agent.paths import HOOK_CONFIG
+from tests.lab import run as lab_run
+from tests.lab.run import CLEAN_ENV, certbot_renew, docker_exec, limits, pyinfra
 
-ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 HOSTS = [pyinfra_name("acme"), "web1.example.test", "mx1.example.test"]
-CLEAN = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
 SHADOW_TARGETS = [
     "_acme-challenge.mx1.example.test.shadow.test",
     "_acme-challenge.mail.example.test.shadow.test",
@@ -41,32 +39,19 @@ SPKI = (
 
 pytestmark = pytest.mark.lab
 
-
-def sh(container: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", container, "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+sh = partial(lab_run.sh, timeout=120)
 
 
 def deploy(*options: str) -> subprocess.CompletedProcess[str]:
     """pyinfra with Pebble and ACME on the ACME hosts; ``--dry`` (no ``-y``: the change detection
     is the dry run) or a real run."""
-    limits = [arg for name in HOSTS for arg in ("--limit", name)]
-    return subprocess.run(
-        [
-            str(PYINFRA),
-            *(options if "--dry" in options else ("-y", *options)),
-            "inventory.py",
-            "lab/deploys/pebble.py",
-            "deploys/acme.py",
-            *limits,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    return pyinfra(
+        "lab/deploys/pebble.py",
+        "deploys/acme.py",
+        *limits(*HOSTS),
+        inventory="inventory.py",
+        options=options,
+        yes="--dry" not in options,
         timeout=600,
     )
 
@@ -127,11 +112,8 @@ def test_clean_environment_renewals_keep_the_key(
     # Twice: the second renewal starts from a lineage a renewal already rewrote.
     for attempt in range(2):
         started = time.monotonic()
-        run = subprocess.run(
-            ["docker", "exec", "pkinfra-mx1", *CLEAN, "certbot", "renew", "--force-renewal"],
-            capture_output=True,
-            text=True,
-            timeout=300,
+        run = docker_exec(
+            "pkinfra-mx1", *CLEAN_ENV, "certbot", "renew", "--force-renewal", timeout=300
         )
         took = time.monotonic() - started
         assert run.returncode == 0, f"renewal {attempt + 1}:\n{run.stdout}{run.stderr}"
@@ -181,22 +163,16 @@ def test_unreachable_acme_server_fails_and_keeps_the_certificate(
     serial = "openssl x509 -in /etc/letsencrypt/live/mail/cert.pem -noout -serial"
     before = sh("pkinfra-mx1", serial).stdout
     started = time.monotonic()
-    run = subprocess.run(
-        [
-            "docker",
-            "exec",
-            "pkinfra-mx1",
-            *CLEAN,
-            "certbot",
-            "renew",
-            "--force-renewal",
-            "--cert-name",
-            "mail",
-            "--server",
-            "https://acme.example.test:14001/dir",
-        ],
-        capture_output=True,
-        text=True,
+    run = docker_exec(
+        "pkinfra-mx1",
+        *CLEAN_ENV,
+        "certbot",
+        "renew",
+        "--force-renewal",
+        "--cert-name",
+        "mail",
+        "--server",
+        "https://acme.example.test:14001/dir",
         timeout=300,
     )
     assert run.returncode != 0
@@ -350,23 +326,7 @@ def shadow_cname(target: str) -> Iterator[None]:
 def renew_mail(*env: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """``certbot renew --force-renewal`` of mx1's lineage in a clean environment."""
     started = time.monotonic()
-    run = subprocess.run(
-        [
-            "docker",
-            "exec",
-            "pkinfra-mx1",
-            *CLEAN,
-            *env,
-            "certbot",
-            "renew",
-            "--force-renewal",
-            "--cert-name",
-            "mail",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = certbot_renew("pkinfra-mx1", "mail", *env)
     return run, time.monotonic() - started
 
 

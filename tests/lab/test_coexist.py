@@ -19,7 +19,7 @@ import pytest
 from lab.topology import HOSTS
 from pkinfra import tlsa, zones
 from tests.helpers import lab_inventory_copy
-from tests.lab.test_dns import docker, pyinfra
+from tests.lab.run import docker, pyinfra
 from tests.lab.test_pki import totals
 
 pytestmark = pytest.mark.lab

@@ -23,10 +23,10 @@ from pkinfra.agent.paths import DANE_PUBLISH
 from pkinfra.dnsupdate import RFC2136Client, TSIGKey
 from pkinfra.tlsa import canonical
 from tests.lab.dane_probe import MX1_SMTP, WEB1_HTTPS, DaneProbe, Target
+from tests.lab.run import certbot_renew, docker_exec, pyinfra
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = ROOT / "pki" / "secrets"
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 PKINFRA = Path(sys.executable).parent / "pkinfra"
 RESOLVER = "172.29.53.53"
 DB1 = "172.29.53.30"
@@ -59,12 +59,6 @@ def check_json(target: Target) -> tuple[int, dict[str, Any]]:
     except ValueError:
         pytest.fail(f"pkinfra dane check printed no JSON: {run.stdout}{run.stderr}")
     return run.returncode, report
-
-
-def docker(container: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", container, *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def dig_tlsa(owner: str) -> list[str]:
@@ -102,7 +96,9 @@ def flush_resolver_until(owner: str, expected: set[str], within: float = 15.0) -
     work: SIGHUP (reload, which empties every cache) is what the deploy itself sends.
     """
     begin = time.monotonic()
-    hup = docker("pkinfra-resolver", "sh", "-c", 'kill -HUP "$(cat /run/unbound.pid)"')
+    hup = docker_exec(
+        "pkinfra-resolver", "sh", "-c", 'kill -HUP "$(cat /run/unbound.pid)"', timeout=60
+    )
     assert hup.returncode == 0, hup.stderr
     seen: tuple[str, set[str]] = ("", set())
     while time.monotonic() - begin < within:
@@ -117,7 +113,9 @@ def flush_resolver_until(owner: str, expected: set[str], within: float = 15.0) -
 def posttls_finger_mx1() -> str:
     """Postfix's DANE client against mx1 from mon1. No CA file or path is given, so only DANE
     can make the connection "Verified"; posttls-finger exits 0 either way."""
-    run = docker(CLIENT, "posttls-finger", "-c", "-l", "dane", "[mx1.example.test]:25")
+    run = docker_exec(
+        CLIENT, "posttls-finger", "-c", "-l", "dane", "[mx1.example.test]:25", timeout=60
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return run.stdout + run.stderr
 
@@ -126,13 +124,7 @@ def posttls_finger_mx1() -> str:
 def published(site_deployed: str) -> None:
     # A new CA-issued certificate's TLSA record is rendered from the CA store, so it is
     # published by the DNS deploy of the run after the one that issued it: run that one.
-    run = subprocess.run(
-        [str(PYINFRA), "-y", "inventory.py", "deploys/dns.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = pyinfra("deploys/dns.py", inventory="inventory.py", timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
@@ -180,7 +172,9 @@ def test_postfix_dane_client_verifies_mx1(published: None) -> None:
 
 def test_ldns_dane_verifies_web1(published: None) -> None:
     # -T: a PKIX-valid connection without a secure TLSA RRset would be exit 2, not success.
-    run = docker(CLIENT, "ldns-dane", "-r", RESOLVER, "-T", "verify", "web1.example.test", "443")
+    run = docker_exec(
+        CLIENT, "ldns-dane", "-r", RESOLVER, "-T", "verify", "web1.example.test", "443", timeout=60
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "172.29.53.20 dane-validated successfully" in out, out
@@ -259,7 +253,7 @@ def mx1_tlsa(published: None) -> Iterator[ShadowTlsa]:
     try:
         yield ShadowTlsa(client, target.to_text(omit_final_dot=True), original)
     finally:
-        restore = docker("pkinfra-mx1", DANE_PUBLISH, timeout=120)
+        restore = docker_exec("pkinfra-mx1", DANE_PUBLISH, timeout=120)
         assert restore.returncode == 0, restore.stdout + restore.stderr
         assert {canonical(v) for v in client.values(target, "TLSA")} == original
         flush_resolver_until(MX1_OWNER, original)
@@ -322,24 +316,13 @@ LINEAGES = (("pkinfra-mx1", "mail", MX1_SMTP), ("pkinfra-web1", "web", WEB1_HTTP
 def renew(container: str, lineage: str) -> None:
     """certbot alone in a clean environment, as cron runs it: its deploy hooks publish TLSA,
     then deliver the files into the service and tell it."""
-    run = docker(
-        container,
-        "env",
-        "-i",
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-        "certbot",
-        "renew",
-        "--force-renewal",
-        "--cert-name",
-        lineage,
-        timeout=300,
-    )
+    run = certbot_renew(container, lineage)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
 
 
 def lineage_serial(container: str, lineage: str) -> int:
     path = f"/etc/letsencrypt/live/{lineage}/cert.pem"
-    run = docker(container, "openssl", "x509", "-noout", "-serial", "-in", path)
+    run = docker_exec(container, "openssl", "x509", "-noout", "-serial", "-in", path, timeout=60)
     assert run.returncode == 0, run.stderr
     return int(run.stdout.strip().split("=", 1)[1], 16)
 

@@ -14,7 +14,6 @@ import hashlib
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,38 +31,15 @@ from pkinfra import install, publication, zones
 from pkinfra.agent import paths
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
 from pkinfra.model import Delegation, Inventory, load_inventory_file
+from tests.lab.run import docker, docker_exec, limits, pyinfra
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 NS1, NS2, RESOLVER = "172.29.53.10", "172.29.53.11", "172.29.53.53"
 NS1_HOST = "ns1.example.test"
 WEB1_HOST = "web1.example.test"
 DEPLOYS = ("deploys/dns.py", "lab/deploys/resolver.py")
 
 pytestmark = pytest.mark.lab
-
-
-def pyinfra(
-    *args: str, inventory: Path = ROOT / "inventory.py", yes: bool = True
-) -> subprocess.CompletedProcess[str]:
-    # A dry run must not say -y: pyinfra then skips the change detection it would print.
-    return subprocess.run(
-        [str(PYINFRA), *(["-y"] if yes else []), str(inventory), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def docker(container: str, command: str) -> str:
-    return subprocess.run(
-        ["docker", "exec", container, "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
 
 
 def named_pid() -> str:
@@ -114,7 +90,7 @@ def key(fqdn: str) -> TSIGKey:
 def deployed(site_deployed: str) -> Inventory:
     # The hosts these tests use (the DNS deploy still renders from the whole inventory).
     hosts = ["ns1", "ns2", "resolver", "mx1", "web1"]
-    run = pyinfra(*DEPLOYS, *[arg for h in hosts for arg in ("--limit", pyinfra_name(h))])
+    run = pyinfra(*DEPLOYS, *limits(*[pyinfra_name(h) for h in hosts]))
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return load_inventory_file(ROOT / "inventory.py")
 
@@ -465,14 +441,12 @@ def test_the_rfc2136_suite_passes_on_the_hosts_python(
     subprocess.run(
         ["docker", "cp", str(inbox), f"{container}:/tmp/pkinfra-inbox"], check=True, timeout=60
     )
-    run = subprocess.run(
-        [
-            "docker", "exec", "-w", "/tmp/pkinfra-inbox/src",
-            "-e", "PYTHONPATH=/tmp/pkinfra-inbox/lib:/tmp/pkinfra-inbox/src",
-            container, "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "tests/unit/test_dnsupdate.py",
-        ],
-        capture_output=True, text=True, timeout=120,
+    run = docker_exec(
+        container, "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        "tests/unit/test_dnsupdate.py",
+        workdir="/tmp/pkinfra-inbox/src",
+        env=["PYTHONPATH=/tmp/pkinfra-inbox/lib:/tmp/pkinfra-inbox/src"],
+        timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout

@@ -13,13 +13,14 @@ import pytest
 from lab.topology import pyinfra_name
 from pkinfra import tsig
 from pkinfra.dnsupdate import DNSUpdateError, RFC2136Client, TSIGKey
-from tests.lab.test_dns import RESOLVER, docker, pyinfra
+from tests.lab.run import docker, limits, pyinfra, pyinfra_command
+from tests.lab.test_dns import RESOLVER
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = ROOT / "pki" / "secrets"
 HOST = "web1.example.test"
 OWNER = "_443._tcp.web1.example.test"
-LIMIT = [a for h in ("ns1", "ns2", "resolver", "web1") for a in ("--limit", pyinfra_name(h))]
+LIMIT = limits(*[pyinfra_name(h) for h in ("ns1", "ns2", "resolver", "web1")])
 
 pytestmark = pytest.mark.lab
 
@@ -101,8 +102,9 @@ def test_two_runs_making_a_new_key_at_once_agree_on_it(site_deployed: str) -> No
     keys = tsig.host_keys(SECRETS, HOST)
     assert keys.next is None, "no rotation in progress"
     keys.current.path.unlink()
-    pyinfra_bin = str(Path(sys.executable).parent / "pyinfra")
-    commands = [[pyinfra_bin, "-y", "inventory.py", "deploys/dns.py", *LIMIT] for _ in range(2)]
+    commands = [
+        pyinfra_command("deploys/dns.py", *LIMIT, inventory="inventory.py") for _ in range(2)
+    ]
     runs = [
         subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for c in commands

@@ -13,8 +13,9 @@ import pytest
 
 from pkinfra import tlsa
 from tests.helpers import lab_inventory_copy
+from tests.lab.run import limited_run, sh
 from tests.lab.test_dane import DB1, check, dig_tlsa
-from tests.lab.test_rollover import authoritative, run_pyinfra, sh
+from tests.lab.test_rollover import authoritative
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = "_5432._tcp.db1.example.test"
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.lab
 
 
 def deploy(inventory: Path) -> str:
-    return run_pyinfra(inventory, "deploys/pki.py deploys/dns.py", GROUPS)
+    return limited_run(inventory, "deploys/pki.py deploys/dns.py", GROUPS)
 
 
 def record_on(container: str, path: str) -> str:

@@ -9,16 +9,17 @@ Run by the lead (marker ``lab``); needs the site deployed (``site_deployed``).
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from pkinfra.nginx import INCLUDE_LINE, SITE, SNIPPET
+from tests.lab import run as lab_run
+from tests.lab.run import pyinfra
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 WEB1 = "pkinfra-web1"
 ADMIN_FILE = "/etc/nginx/sites-enabled/admin-redirect"
 NAMES = "web1.example.test www.example.test"
@@ -37,29 +38,17 @@ server {{
 pytestmark = pytest.mark.lab
 
 
-def sh(command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", WEB1, "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+#: A command on web1 (the shell command line, through ``sh -c``).
+sh = partial(lab_run.sh, WEB1, timeout=120)
 
 
 def deploy(*extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(PYINFRA),
-            "-y",
-            *extra,
-            "inventory.py",
-            "deploys/acme.py",
-            "--limit",
-            "web1.example.test",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    return pyinfra(
+        "deploys/acme.py",
+        "--limit",
+        "web1.example.test",
+        inventory="inventory.py",
+        options=extra,
         timeout=600,
     )
 
@@ -73,13 +62,7 @@ def admin_site(site_deployed: str) -> Iterator[str]:
     """The admin's redirect in place (after pkinfra's snippet exists), nginx reloaded by the
     admin; removed again afterwards and the deploy rerun."""
     assert sh(f"test -f {SNIPPET}").returncode == 0, "the site deploy wrote no snippet"
-    written = subprocess.run(
-        ["docker", "exec", "-i", WEB1, "sh", "-c", f"cat > {ADMIN_FILE}"],
-        input=ADMIN_SERVER,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    written = sh(f"cat > {ADMIN_FILE}", stdin=ADMIN_SERVER, timeout=30)
     assert written.returncode == 0, written.stderr
     reload = sh("nginx -t -q && systemctl reload nginx")
     assert reload.returncode == 0, reload.stderr

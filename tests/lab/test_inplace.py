@@ -11,8 +11,6 @@ at the end.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +19,11 @@ import pytest
 from cryptography import x509
 
 from pkinfra.agent import delivery
-from tests.lab.tlsd_host import DB1, PROCESS, WEB1, Tlsd, in_place, inventory_with, sh
+from tests.lab.run import CLEAN_ENV, limits, pyinfra_output, sh
+from tests.lab.tlsd_host import DB1, PROCESS, WEB1, Tlsd, in_place, inventory_with
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
-CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+CLEAN = " ".join(CLEAN_ENV)
 
 HOSTS = {"web": WEB1, "db": DB1}
 
@@ -33,24 +31,16 @@ pytestmark = pytest.mark.lab
 
 
 def run(inventory: Path, deploys: str, groups: tuple[str, ...], ok: bool = True) -> str:
-    limits = [arg for group in groups for arg in ("--limit", group)]
-    done = subprocess.run(
-        [str(PYINFRA), "-y", str(inventory), *deploys.split(), *limits],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return pyinfra_output(
+        *deploys.split(), *limits(*groups), inventory=inventory, timeout=600, ok=ok, tail=6000
     )
-    out = done.stdout + done.stderr
-    assert (done.returncode == 0) == ok, out[-6000:]
-    return out
 
 
 def renew(container: str, lineage: str, *env: str, force: bool = True) -> str:
     """certbot alone on the host, as its timer runs it (its deploy hook delivers)."""
     flag = " --force-renewal" if force else ""
     variables = "".join(f" {pair}" for pair in env)
-    done = sh(container, f"{CLEAN_ENV}{variables} certbot renew --cert-name {lineage}{flag}")
+    done = sh(container, f"{CLEAN}{variables} certbot renew --cert-name {lineage}{flag}")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     return out

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lab.topology import SSH_USER
 from pkinfra.ca import PassphraseSource
 from tests.helpers import lab_inventory_copy
+from tests.lab import run as lab_run
+from tests.lab.run import pyinfra, pyinfra_command, pyinfra_output
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 PKINFRA = Path(sys.executable).parent / "pkinfra"
 PKI = ROOT / "pki"
 PASSPHRASE_FILE = ROOT / ".lab" / "ca-passphrase"
@@ -44,17 +46,8 @@ ROOT_PEM = "/usr/local/share/ca-certificates/pkinfra-duckcorp.crt"
 pytestmark = pytest.mark.lab
 
 
-def pyinfra(*args: str, inventory: Path = ROOT / "inventory.py", yes: bool = True) -> str:
-    run = subprocess.run(
-        [str(PYINFRA), *(["-y"] if yes else []), str(inventory), "deploys/pki.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out
-    return out
+#: deploys/pki.py (then ``--limit`` and other arguments), which must succeed: its output.
+deploy_pki = partial(pyinfra_output, "deploys/pki.py")
 
 
 def totals(out: str) -> tuple[int, str, str, int]:
@@ -65,14 +58,7 @@ def totals(out: str) -> tuple[int, str, str, int]:
     return int(found.group(1)), found.group(2), found.group(3), int(no_change.strip("-") or 0)
 
 
-def sh(container: str, command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", "-i", container, "sh", "-c", command],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+sh = partial(lab_run.sh, timeout=60, interactive=True)
 
 
 def verify(container: str, cert: str, *, untrusted: str = "", extra: str = "") -> tuple[bool, str]:
@@ -97,7 +83,7 @@ def key_states() -> dict[tuple[str, str], str]:
 
 @pytest.fixture(scope="module")
 def deployed(site_deployed: str) -> str:
-    return pyinfra()
+    return deploy_pki()
 
 
 def test_every_host_certificate_verifies_with_its_chain(deployed: str) -> None:
@@ -160,8 +146,8 @@ def _hand_signed(name: str) -> str:
 
 
 def test_name_constraints_of_the_backup_sub_ca_are_real(deployed: str) -> None:
-    sh("pkinfra-db1", "cat > /tmp/inside.pem", _hand_signed("x.backup.example.test"))
-    sh("pkinfra-db1", "cat > /tmp/outside.pem", _hand_signed("evil.example.test"))
+    sh("pkinfra-db1", "cat > /tmp/inside.pem", stdin=_hand_signed("x.backup.example.test"))
+    sh("pkinfra-db1", "cat > /tmp/outside.pem", stdin=_hand_signed("evil.example.test"))
     chain = "/etc/pkinfra/certs/backup/chain.pem"
     ok, out = verify("pkinfra-db1", "/tmp/inside.pem", untrusted=chain)
     assert ok, out  # the control: the same signing inside the subtree verifies
@@ -172,7 +158,7 @@ def test_name_constraints_of_the_backup_sub_ca_are_real(deployed: str) -> None:
 
 def test_second_run_changes_nothing_and_keeps_keys(deployed: str) -> None:
     before = key_states()
-    out = pyinfra()
+    out = deploy_pki()
     operations, changed, errors, no_change = totals(out)
     assert (changed, errors) == ("-", "-"), out
     assert no_change == operations
@@ -198,14 +184,14 @@ def test_revoked_certificate_fails_crl_check_and_is_reissued(deployed: str) -> N
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
-    out = pyinfra()
+    out = deploy_pki()
     assert f"revoked (serial {serial})" in out
     new_pem = sh("pkinfra-mon1", f"cat {directory}/cert.pem").stdout
     assert new_pem != old_pem
 
     # db1 verifies mon1's client certificate: it has the CRLs of the whole chain.
-    sh("pkinfra-db1", "cat > /tmp/old-client.pem", old_pem)
-    sh("pkinfra-db1", "cat > /tmp/new-client.pem", new_pem)
+    sh("pkinfra-db1", "cat > /tmp/old-client.pem", stdin=old_pem)
+    sh("pkinfra-db1", "cat > /tmp/new-client.pem", stdin=new_pem)
     sh(
         "pkinfra-db1",
         "openssl x509 -in /etc/pkinfra/ca/duckcorp-monitoring.pem > /tmp/monitoring-ca.pem",
@@ -246,19 +232,19 @@ def test_no_secret_in_dry_diff_or_verbose_output(deployed: str) -> None:
     # Make the runs do real work: mon1 loses its certificate, db1 its CRLs.
     sh("pkinfra-mon1", "rm -f /etc/pkinfra/certs/monitoring/cert.pem")
     sh("pkinfra-db1", "rm -f /etc/pkinfra/crl/*.pem")
-    outputs = [pyinfra("--dry", yes=False), pyinfra("--dry", "--diff", yes=False)]
+    outputs = [deploy_pki("--dry", yes=False), deploy_pki("--dry", "--diff", yes=False)]
     # A dry run says exactly why, and changes nothing (no CRL either).
     assert "certificate monitoring: will issue: missing" in outputs[0]
     assert "CRLs: will write /etc/pkinfra/crl/duckcorp-monitoring.pem" in outputs[0]
     assert sh("pkinfra-mon1", "ls /etc/pkinfra/certs/monitoring/cert.pem").returncode != 0
     assert sh("pkinfra-db1", "ls /etc/pkinfra/crl/duckcorp.pem").returncode != 0
-    outputs.append(pyinfra("-vvv"))
+    outputs.append(deploy_pki("-vvv"))
     secrets = _secrets()
     for out in outputs:
         assert "PRIVATE KEY" not in out
         for secret in secrets:
             assert secret not in out
-    again = pyinfra()
+    again = deploy_pki()
     assert totals(again)[1] == "-", again
 
 
@@ -285,13 +271,13 @@ def test_name_change_reissues_exactly_that_certificate_with_the_same_key(
     keys = key_states()
     serials = {d: _serial(c, d) for c, d, _, _ in CERTS}
 
-    out = pyinfra(inventory=inventory_copy)
+    out = deploy_pki(inventory=inventory_copy)
     assert "names changed from db1.example.test to db1.example.test, pg.example.test" in out
     assert totals(out)[1] == "1", out  # that certificate, nothing else
     names = sh("pkinfra-db1", f"openssl x509 -in {directory}/cert.pem -noout -ext subjectAltName")
     assert "DNS:pg.example.test" in names.stdout
 
-    out = pyinfra()  # the name removed again
+    out = deploy_pki()  # the name removed again
     assert "names changed from db1.example.test, pg.example.test to db1.example.test" in out
     assert totals(out)[1] == "1", out
     names = sh("pkinfra-db1", f"openssl x509 -in {directory}/cert.pem -noout -ext subjectAltName")
@@ -363,7 +349,9 @@ def test_killed_issuance_converges_on_rerun(
     sh("pkinfra-db1", f"cd {directory} && rm -f {remove}")
     with _hanging_shell(pattern):
         killed = _run_until_hit(
-            [str(PYINFRA), "-y", "inventory.py", "deploys/pki.py", "--limit", "db1.example.test"]
+            pyinfra_command(
+                "deploys/pki.py", "--limit", "db1.example.test", inventory="inventory.py"
+            )
         )
     assert killed.returncode == -9, f"not killed while {point}: {killed.stdout}"
     # Whatever was left: a live certificate never mismatches its key.
@@ -374,11 +362,11 @@ def test_killed_issuance_converges_on_rerun(
         ' = "$(openssl pkey -in key.pem -pubout -outform DER | md5sum)" ]',
     )
     assert live.returncode == 0, f"mismatched live certificate after a kill while {point}"
-    out = pyinfra("--limit", "db1.example.test")
+    out = deploy_pki("--limit", "db1.example.test")
     assert totals(out)[2] == "-", out
     ok, text = verify("pkinfra-db1", f"{directory}/cert.pem", untrusted=f"{directory}/chain.pem")
     assert ok, text
-    assert totals(pyinfra("--limit", "db1.example.test"))[1] == "-"
+    assert totals(deploy_pki("--limit", "db1.example.test"))[1] == "-"
 
 
 def test_wrong_passphrase_is_one_clear_line_and_nothing_is_overwritten(
@@ -396,13 +384,7 @@ def test_wrong_passphrase_is_one_clear_line_and_nothing_is_overwritten(
     before = sh("pkinfra-db1", f"cat {directory}/fullchain.pem {directory}/key.pem").stdout
     sh("pkinfra-db1", f"rm -f {directory}/cert.pem")  # a reissue is due
     limit = ["--limit", "db1.example.test"]
-    run = subprocess.run(
-        [str(PYINFRA), "-y", str(tmp_path / "inventory.py"), "deploys/pki.py", *limit],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = pyinfra("deploys/pki.py", *limit, inventory=tmp_path / "inventory.py")
     out = run.stdout + run.stderr
     assert run.returncode != 0
     lines = [line for line in out.splitlines() if "wrong passphrase" in line]
@@ -410,7 +392,7 @@ def test_wrong_passphrase_is_one_clear_line_and_nothing_is_overwritten(
     assert "Traceback" not in out
     assert sh("pkinfra-db1", f"cat {directory}/fullchain.pem {directory}/key.pem").stdout == before
     assert not sh("pkinfra-db1", f"ls -a {directory}").stdout.count("pkinfra-new")
-    assert totals(pyinfra("--limit", "db1.example.test"))[2] == "-"
+    assert totals(deploy_pki("--limit", "db1.example.test"))[2] == "-"
 
 
 def test_revoke_removed_revokes_a_certificate_dropped_from_the_inventory(
@@ -426,7 +408,7 @@ def test_revoke_removed_revokes_a_certificate_dropped_from_the_inventory(
     all_py.write_text(all_py.read_text() + "\nrevoke_removed = True\n")
     serial = _serial("pkinfra-db1", "/etc/pkinfra/certs/backup")
 
-    out = pyinfra(inventory=inventory_copy)
+    out = deploy_pki(inventory=inventory_copy)
     assert "db1.example.test/backup" in out and "will revoke it (revoke_removed)" in out
     crl = subprocess.run(
         ["openssl", "crl", "-in", str(PKI / "duckcorp-backup" / "crl.pem"), "-noout", "-text"],
@@ -436,6 +418,7 @@ def test_revoke_removed_revokes_a_certificate_dropped_from_the_inventory(
     ).stdout.upper()
     assert serial.upper() in crl.replace(":", "")
 
-    out = pyinfra()  # the real inventory has it again: a new certificate replaces the revoked one
+    # The real inventory has it again: a new certificate replaces the revoked one.
+    out = deploy_pki()
     assert "revoked" in out
     assert _serial("pkinfra-db1", "/etc/pkinfra/certs/backup") != serial

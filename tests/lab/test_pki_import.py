@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,10 @@ from cryptography.hazmat.primitives import serialization
 from pkinfra import issue
 from pkinfra.ca import CAStore, PassphraseSource
 from tests.helpers import make_mkcert_ca
+from tests.lab import run as lab_run
+from tests.lab.run import pyinfra_output
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 PKI = ROOT / "pki"
 PASSPHRASE_FILE = ROOT / ".lab" / "ca-passphrase"
 
@@ -43,17 +43,8 @@ LAB_ROOT = issue.trust_anchor_path("duckcorp")
 pytestmark = pytest.mark.lab
 
 
-def pyinfra(inventory: Path) -> str:
-    run = subprocess.run(
-        [str(PYINFRA), "-y", str(inventory), "deploys/pki.py", *LIMIT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-4000:]
-    return out
+def deploy_pki(inventory: Path) -> str:
+    return pyinfra_output("deploys/pki.py", *LIMIT, inventory=inventory, tail=4000)
 
 
 def changed(out: str) -> str:
@@ -62,14 +53,8 @@ def changed(out: str) -> str:
     return found.group(1)
 
 
-def sh(command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", "-i", CONTAINER, "sh", "-c", command],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+#: A command on mon1 (the shell command line, through ``sh -c``).
+sh = partial(lab_run.sh, CONTAINER, timeout=60, interactive=True)
 
 
 def verify(ca_file: str, cert: str) -> tuple[bool, str]:
@@ -154,12 +139,12 @@ def import_inventory(site_deployed: str, tmp_path: Path) -> Iterator[Path]:
 def test_imported_mkcert_ca_keeps_validating_what_it_issued(import_inventory: Path) -> None:
     mkcert = import_inventory.parent / "mkcert"
     old_pem = (mkcert / "old.pem").read_text()
-    sh(f"cat > {OLD_LEAF}", old_pem)
+    sh(f"cat > {OLD_LEAF}", stdin=old_pem)
     ok, out = verify(SYSTEM_STORE, OLD_LEAF)
     assert not ok, "mon1 must not trust the mkcert CA before the import: " + out
     real_store = store_digests(PKI)
 
-    out = pyinfra(import_inventory)
+    out = deploy_pki(import_inventory)
     assert changed(out) != "-", out[-3000:]
     # No secret in the output: neither the mkcert key nor the host's new key.
     assert "PRIVATE KEY" not in out
@@ -194,13 +179,13 @@ def test_imported_mkcert_ca_keeps_validating_what_it_issued(import_inventory: Pa
     ok, _ = verify(LAB_ROOT, OLD_LEAF)
     assert not ok
 
-    again = pyinfra(import_inventory)
+    again = deploy_pki(import_inventory)
     assert changed(again) == "-", again[-3000:]  # imported once, issued once
     assert store_digests(PKI) == real_store, "the lab's real CA store changed"
 
     # The lab's own inventory takes the CA's root out of mon1's system store again. The host
     # certificate and bundle belong to the store copy, which no real run knows: removed by hand.
-    real = pyinfra(ROOT / "inventory.py")
+    real = deploy_pki(ROOT / "inventory.py")
     assert f"{issue.trust_anchor_path(CA)} (removed)" in real, real[-3000:]
     run = sh(f"rm -rf {DIRECTORY} && rm -f {issue.ca_bundle_path(CA)}")
     assert run.returncode == 0, run.stderr
@@ -208,5 +193,5 @@ def test_imported_mkcert_ca_keeps_validating_what_it_issued(import_inventory: Pa
     assert dangling == "", f"links to removed CAs stay in /etc/ssl/certs: {dangling}"
     ok, _ = verify(SYSTEM_STORE, OLD_LEAF)
     assert not ok, "mon1 still trusts the mkcert CA after it left the inventory"
-    real = pyinfra(ROOT / "inventory.py")
+    real = deploy_pki(ROOT / "inventory.py")
     assert changed(real) == "-", real[-3000:]  # mon1 is as the lab's inventory wants it

@@ -13,7 +13,7 @@ import pytest
 
 from lab.topology import HOSTS, SSH_ROLES, SSH_USER, hostname
 from pkinfra.model import load_inventory_file
-from tests.lab.test_dns import docker, pyinfra
+from tests.lab.run import docker, pyinfra
 from tests.lab.test_services import file_serial, served_serial
 
 ROOT = Path(__file__).resolve().parents[2]

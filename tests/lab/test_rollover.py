@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +24,11 @@ from pkinfra.ca import CAStore
 from pkinfra.model import load_inventory_file
 from tests.helpers import lab_inventory_copy
 from tests.lab.dane_probe import DB1_POSTGRES, DaneProbe
+from tests.lab.run import INVENTORY, certbot_renew, limited_run, sh, site_run
 from tests.lab.test_dane import LINEAGES, lineage_serial, renew, wait_served
 from tests.lab.tlsd_host import DB1, in_place, inventory_with
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
-CLEAN_ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
 # container -> (lineage, the file its service serves, the shadow name its TLSA owner points to)
 HOSTS = {
     "pkinfra-mx1": ("mail", "/etc/postfix/tls/mail.crt", "_25._tcp.mx1.example.test.shadow.test"),
@@ -39,15 +37,6 @@ HOSTS = {
 NS = ("172.29.53.10", "172.29.53.11")
 
 pytestmark = pytest.mark.lab
-
-
-def sh(container: str, command: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", container, "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def record_of(container: str, path: str) -> str:
@@ -82,7 +71,7 @@ def rollover_inventory(site_deployed: str, tmp_path: Path) -> Iterator[tuple[Pat
     label = f"lab{int(time.time())}"
     # Earlier lab tests re-create lineages and change TLSA sets (and a delivery may be waiting
     # for its record): start from the converged state the probe is meant to watch.
-    run_pyinfra(ROOT / "inventory.py", "deploys/dane.py deploys/services.py", ("mail", "web"))
+    limited_run(INVENTORY, "deploys/dane.py deploys/services.py", ("mail", "web"))
     lab_inventory_copy(tmp_path)
     text = (tmp_path / "inventory.py").read_text()
     for marker in ('"challenge": "dns-01",', '"webroot": "/var/www/acme",'):
@@ -94,24 +83,8 @@ def rollover_inventory(site_deployed: str, tmp_path: Path) -> Iterator[tuple[Pat
     yield tmp_path / "inventory.py", label
 
 
-def run_pyinfra(inventory: Path, deploy_file: str, groups: tuple[str, ...], *extra: str) -> str:
-    """One pyinfra run limited to ``groups``; it must succeed and reach their hosts."""
-    limits = [arg for group in groups for arg in ("--limit", group)]
-    run = subprocess.run(
-        [str(PYINFRA), "-y", *extra, str(inventory), *deploy_file.split(), *limits],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-6000:]
-    assert "No host matches" not in out, out[-3000:]
-    return out
-
-
 def deploy(inventory: Path, *extra: str) -> str:
-    out = run_pyinfra(inventory, "deploys/dane.py", ("mail", "web"), *extra)
+    out = limited_run(inventory, "deploys/dane.py", ("mail", "web"), *extra)
     assert "[mx1.example.test]" in out, out[-3000:]
     return out
 
@@ -178,22 +151,7 @@ def test_primary_down_renewal_goes_on_and_step_two_refuses(site_deployed: str) -
     try:
         # The renewal keeps the key: the published record still matches, so it goes on (the
         # TLSA hook cannot reach the primary and says so; the delivery needs no new record).
-        run = subprocess.run(
-            [
-                "docker",
-                "exec",
-                container,
-                *CLEAN_ENV,
-                "certbot",
-                "renew",
-                "--force-renewal",
-                "--cert-name",
-                lineage,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        run = certbot_renew(container, lineage)
         out = run.stdout + run.stderr
         assert "pkinfra-dane-publish" in out, out
         assert sh(container, f"openssl x509 -in {served} -noout -serial").stdout != serial, out
@@ -215,12 +173,6 @@ def test_primary_down_renewal_goes_on_and_step_two_refuses(site_deployed: str) -
         undo = sh(container, f"pkinfra-rollover abort {lineage}")
     assert undo.returncode == 0 and "aborted" in undo.stdout, undo.stdout + undo.stderr
     assert authoritative(owner) == [{key}, {key}]
-
-
-def site_run(inventory: Path, *extra: str) -> str:
-    out = run_pyinfra(inventory, "lab/site.py", ("dns", "db"), *extra)
-    assert "[db1.example.test]" in out, out[-3000:]
-    return out
 
 
 def test_ca_issued_key_rollover_never_breaks_dane(site_deployed: str, tmp_path: Path) -> None:

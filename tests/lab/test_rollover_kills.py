@@ -26,11 +26,12 @@ from pkinfra.agent import paths
 from pkinfra.model import load_inventory_file
 from tests.helpers import lab_inventory_copy
 from tests.lab.dane_probe import DB1_POSTGRES, DaneProbe
+from tests.lab.run import CLEAN_ENV, sh, site_run
 from tests.lab.test_dane import LINEAGES
-from tests.lab.test_rollover import authoritative, record_of, site_run, state
-from tests.lab.tlsd_host import Tlsd, sh
+from tests.lab.test_rollover import authoritative, record_of, state
+from tests.lab.tlsd_host import Tlsd
 
-CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+CLEAN = " ".join(CLEAN_ENV)
 KILLED = 128 + 9
 #: The steps of a lineage's switch and of a directory's, in the order one run reaches them.
 ACME_STEPS = [
@@ -93,7 +94,7 @@ def test_a_kill_at_every_step_of_an_acme_switch_is_made_good(site_deployed: str)
     finish = f"{paths.ROLLOVER} finish {lineage}"
     label = f"kill{int(time.time())}"
     try:
-        started = sh(container, f"{CLEAN_ENV} {paths.ROLLOVER} start {lineage} --label {label}")
+        started = sh(container, f"{CLEAN} {paths.ROLLOVER} start {lineage} --label {label}")
         assert started.returncode == 0, started.stdout + started.stderr
         old = record_of(container, f"{live}/cert.pem")
         new = str(state(container, lineage)["next_record"])
@@ -102,7 +103,7 @@ def test_a_kill_at_every_step_of_an_acme_switch_is_made_good(site_deployed: str)
                 with probe.phase(f"killed at {step}"):
                     # The first run waits out the TTL (in the agent), passes the gate, and dies.
                     # (``env -i`` first: the fault variable must come after it.)
-                    run = sh(container, f"{CLEAN_ENV} {crash(step)} {finish} --wait 90")
+                    run = sh(container, f"{CLEAN} {crash(step)} {finish} --wait 90")
                     assert run.returncode == KILLED, f"{step}: {run.stdout}{run.stderr}"
                     assert state(container, lineage)["step"] == "switching", step
                     assert pair_matches(container, *live_pair), step
@@ -112,7 +113,7 @@ def test_a_kill_at_every_step_of_an_acme_switch_is_made_good(site_deployed: str)
                     assert reload_serves(reader) == reader.file_serial(f"{live}/cert.pem")
                     assert pair_matches(container, *nginx), f"{step}: nginx's copies"
             with probe.phase("finish"):
-                done = sh(container, f"{CLEAN_ENV} {finish}")
+                done = sh(container, f"{CLEAN} {finish}")
                 assert done.returncode == 0, done.stdout + done.stderr
                 assert "rolled over" in done.stdout
             time.sleep(2)  # a few checks against the final state
@@ -131,17 +132,17 @@ def test_a_kill_at_every_step_of_an_acme_switch_is_made_good(site_deployed: str)
 
         # certbot reads the lineage as one of its own: a renewal goes on from the new
         # generation and keeps the new key.
-        renew = f"{CLEAN_ENV} certbot renew --cert-name {lineage} --force-renewal"
+        renew = f"{CLEAN} certbot renew --cert-name {lineage} --force-renewal"
         renewed = sh(container, renew)
         out = renewed.stdout + renewed.stderr
         assert renewed.returncode == 0, out[-3000:]
         assert "not linked to in /live/" not in out, out[-3000:]
         assert record_of(container, f"{live}/cert.pem") == new
-        listed = sh(container, f"{CLEAN_ENV} certbot certificates --cert-name {lineage}")
+        listed = sh(container, f"{CLEAN} certbot certificates --cert-name {lineage}")
         assert "INVALID" not in listed.stdout and "Certificate Path" in listed.stdout, listed
     finally:
         reader.stop()
-        sh(container, f"{CLEAN_ENV} {paths.ROLLOVER} abort {lineage}")
+        sh(container, f"{CLEAN} {paths.ROLLOVER} abort {lineage}")
 
 
 def _sha256s(container: str, directory: str) -> dict[str, str]:
@@ -191,7 +192,7 @@ def test_a_kill_at_every_step_of_a_ca_switch_is_made_good(
         with DaneProbe([DB1_POSTGRES]) as probe:
             for step in CA_STEPS:
                 with probe.phase(f"killed at {step}"):
-                    run = sh(container, program, crash(step))
+                    run = sh(container, program, env=[crash(step)])
                     assert run.returncode == KILLED, f"{step}: {run.stdout}{run.stderr}"
                     files = _sha256s(container, directory)
                     assert files == (new if step == "exchanged" else old), f"{step}: a mix"

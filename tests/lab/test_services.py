@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ import pytest
 from pkinfra import zones
 from pkinfra.model import SECRET_CONTENTS, HostSpec, Inventory, load_inventory_file
 from tests.helpers import lab_inventory_copy
+from tests.lab import run as lab_run
+from tests.lab.run import INVENTORY, certbot_renew, pyinfra_output
 
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 PKINFRA = Path(sys.executable).parent / "pkinfra"
 DEPLOYS = [
     "deploys/pki.py",
@@ -34,17 +36,8 @@ ROOT_CA = "/usr/local/share/ca-certificates/pkinfra-duckcorp.crt"
 pytestmark = pytest.mark.lab
 
 
-def deploy(inventory: Path = ROOT / "inventory.py", ok: bool = True) -> str:
-    run = subprocess.run(
-        [str(PYINFRA), "-y", str(inventory), *DEPLOYS, *LIMIT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = run.stdout + run.stderr
-    assert (run.returncode == 0) == ok, out[-4000:]
-    return out
+def deploy(inventory: Path = INVENTORY, ok: bool = True) -> str:
+    return pyinfra_output(*DEPLOYS, *LIMIT, inventory=inventory, timeout=600, ok=ok, tail=4000)
 
 
 def changed(out: str) -> str:
@@ -53,13 +46,7 @@ def changed(out: str) -> str:
     return found.group(1)
 
 
-def sh(container: str, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", container, "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+sh = partial(lab_run.sh, timeout=60)
 
 
 def psql(cert: str, key: str) -> subprocess.CompletedProcess[str]:
@@ -375,24 +362,7 @@ def test_clean_environment_renewal_reaches_postfix_without_a_restart(deployed: s
     pid, before = master_pid(), served_serial(25, "smtp", "mx1.example.test")
     assert before == file_serial("pkinfra-mx1", live)
     # certbot alone, as cron would run it: its deploy hooks publish TLSA, then deliver.
-    renew = subprocess.run(
-        [
-            "docker",
-            "exec",
-            "pkinfra-mx1",
-            "env",
-            "-i",
-            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-            "certbot",
-            "renew",
-            "--force-renewal",
-            "--cert-name",
-            "mail",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    renew = certbot_renew("pkinfra-mx1", "mail")
     assert renew.returncode == 0, renew.stdout[-2000:] + renew.stderr[-2000:]
     after = file_serial("pkinfra-mx1", live)
     assert after != before

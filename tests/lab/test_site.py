@@ -5,34 +5,25 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from lab.topology import HOSTS as LAB_HOSTS
 from lab.topology import pyinfra_name
+from tests.lab.run import pyinfra
 
-ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 HOSTS = [pyinfra_name(role) for role in LAB_HOSTS]
 
 pytestmark = pytest.mark.lab
 
 
-def pyinfra(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(PYINFRA), "-y", "inventory.py", "lab/site.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run_site(*args: str) -> subprocess.CompletedProcess[str]:
+    return pyinfra("lab/site.py", *args, inventory="inventory.py", timeout=600)
 
 
 @pytest.fixture(scope="module")
 def site_run(site_deployed: str) -> subprocess.CompletedProcess[str]:
-    return pyinfra()
+    return run_site()
 
 
 def test_site_reaches_every_lab_host(site_run: subprocess.CompletedProcess[str]) -> None:
@@ -49,7 +40,7 @@ def test_site_reaches_every_lab_host(site_run: subprocess.CompletedProcess[str])
 
 
 def test_second_run_changes_nothing(site_run: subprocess.CompletedProcess[str]) -> None:
-    again = pyinfra()
+    again = run_site()
     out = again.stdout + again.stderr
     assert again.returncode == 0, out
     total = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\d+)", out)
@@ -60,21 +51,7 @@ def test_second_run_changes_nothing(site_run: subprocess.CompletedProcess[str]) 
 
 def test_limit_runs_one_host_with_the_whole_inventory_validated(lab_up: object) -> None:
     # --limit narrows the hosts pyinfra touches, not the model (grants need every host).
-    run = subprocess.run(
-        [
-            str(PYINFRA),
-            "-y",
-            "inventory.py",
-            "lab/site.py",
-            "--limit",
-            "mon1.example.test",
-            "--dry",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = pyinfra("lab/site.py", "--limit", "mon1.example.test", "--dry", inventory="inventory.py")
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "[mon1.example.test]" in out

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkinfra import issue, services
 from pkinfra.agent import paths
 from pkinfra.model import load_inventory_file
+from tests.lab.run import docker_command
 from tests.lab.test_dane import ShadowTlsa, mx1_tlsa, published  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +48,12 @@ def status(*args: str) -> tuple[int, dict[str, Any]]:
 def docker(
     container: str, *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
+    """``args`` in ``container`` with bytes in and out (``docker exec -i``)."""
     return subprocess.run(
-        ["docker", "exec", "-i", container, *args], input=stdin, capture_output=True, timeout=60
+        docker_command(container, *args, interactive=True),
+        input=stdin,
+        capture_output=True,
+        timeout=60,
     )
 
 

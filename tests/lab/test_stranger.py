@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import re
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,15 @@ from lab import containers, images, ssh
 from lab.topology import LABEL_LAB, NETWORK
 from pkinfra.model import reserved_host_path
 from tests.helpers import lab_inventory_copy
+from tests.lab import run as lab_run
+from tests.lab.run import docker_exec, limits, pyinfra_output
 from tests.lab.test_pki import totals
 
 pytestmark = pytest.mark.lab
 
+sh = partial(lab_run.sh, timeout=120)
+
 ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 #: container -> (Debian release, address, FQDN): hosts outside the lab's topology.
 STRANGERS = {
     "pkinfra-new13": ("trixie", "172.29.53.61", "new13.example.test"),
@@ -67,22 +69,8 @@ json.dump(out, sys.stdout)
 """
 
 
-def sh(container: str, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", container, "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def manifest(container: str) -> dict[str, list[object]]:
-    run = subprocess.run(
-        ["docker", "exec", container, "python3", "-c", MANIFEST],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = docker_exec(container, "python3", "-c", MANIFEST, timeout=120)
     assert run.returncode == 0, run.stderr
     loaded: dict[str, list[object]] = json.loads(run.stdout)
     return loaded
@@ -191,17 +179,8 @@ def stranger_inventory(directory: Path, known_hosts: Path) -> Path:
 
 
 def site_run(inventory: Path) -> str:
-    limits = [arg for *_, fqdn in STRANGERS.values() for arg in ("--limit", fqdn)]
-    run = subprocess.run(
-        [str(PYINFRA), "-y", str(inventory), "deploys/site.py", *limits],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-6000:]
-    return out
+    hosts = limits(*[fqdn for *_, fqdn in STRANGERS.values()])
+    return pyinfra_output("deploys/site.py", *hosts, inventory=inventory, timeout=600, tail=6000)
 
 
 def test_a_run_on_hosts_no_one_prepared_changes_only_pkinfras_files(

@@ -12,24 +12,12 @@ from pathlib import Path
 from cryptography import x509
 
 from tests.helpers import lab_inventory_copy
+from tests.lab.run import sh
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "/usr/local/lib/lab-tlsd.py"
 PROCESS = "lab-tlsd"
 STATE = "/var/lib/pkinfra"
-
-
-def sh(
-    container: str, command: str, *env: str, timeout: int = 300
-) -> subprocess.CompletedProcess[str]:
-    """``command`` through ``sh -c`` as root in ``container`` (``env``: NAME=value pairs)."""
-    flags = [arg for pair in env for arg in ("-e", pair)]
-    return subprocess.run(
-        ["docker", "exec", *flags, container, "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @dataclass(frozen=True)
