@@ -215,9 +215,19 @@ def unbound(
         if pid is not None:
             host.noop(f"unbound (pid {pid}): configuration and trust anchors are current")
             return
+        announce("unbound is not running; starting it")
         yield f"unbound -c {q(path)} >/dev/null 2>&1"
         return
 
+    changed = [
+        what
+        for what, yes in (
+            ("its configuration", conf_changed),
+            ("the trust anchors", anchors_changed or anchors is None),
+        )
+        if yes
+    ]
+    announce(f"unbound: {' and '.join(changed)} to install, checked first")
     new_conf, new_anchors, check = run_staged(path), run_staged(anchors_path), run_checked(path)
     yield FileUploadCommand(_Text(config), new_conf)
     if anchors is not None:

@@ -71,6 +71,8 @@ def server_trust(pem: str, source: str, current: Any = None):
     if isinstance(have, dict) and have["sha256"] == _sha256(data):
         host.noop(f"ACME server CA from {source} is trusted ({path})")
         return
+    why = "changed" if isinstance(have, dict) else "missing"
+    _announce(f"ACME server CA from {source}: {why} in {path}; updating the system trust store")
     yield from upload_atomic(path, data, "0644")
     yield "update-ca-certificates >/dev/null"
 
@@ -100,6 +102,8 @@ def account(server: str, contact: str | None = None, current: Any = None):
     if state == "unknown":
         _announce(f"ACME account {', '.join(ids)} is unknown to {server}: registering again")
         yield f"rm -rf {q(acme.account_dir(server))}"
+    else:
+        _announce(f"no certbot account on {server}: registering one")
     yield _shell(acme.register_args(server, contact))
 
 
@@ -207,11 +211,13 @@ def nginx(reload: bool = False, pid: int | None = None):
     # Under systemd, through its unit (MainPID kept on reload); elsewhere nginx itself, whose
     # daemonized output must not keep the connector's exec open.
     if running:
+        _announce(f"nginx (pid {running}): its configuration changed in this run; reloading")
         yield (
             "nginx -t -q && if [ -d /run/systemd/system ]; then systemctl reload nginx;"
             " else nginx -s reload; fi"
         )
     else:
+        _announce("nginx is not running; starting it")
         yield (
             "nginx -t -q && if [ -d /run/systemd/system ]; then systemctl start nginx;"
             " else nginx >/dev/null 2>&1; fi"

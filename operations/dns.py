@@ -130,8 +130,14 @@ def secret_file(
         )
         if not fixes:
             host.noop(f"secret {path} is current ({mode} {owner}:{group})")
+        else:
+            have = f"{info['mode']} {info['owner']}:{info['group']}"
+            announce(f"secret {path}: {have}, wanted {mode} {owner}:{group}")
         yield from fixes
         return
+    if wanted is not None:
+        why = "missing" if info is None else f"not the one in {src}"
+        announce(f"secret {path}: {why}; installing it (its content is never shown)")
     if wanted is None:
         assert make_key is not None
         logger.info(f"{host.print_prefix}TSIG key {make_key}: made on the controller by this run")
@@ -255,6 +261,7 @@ def stale_files(directory: str, keep: list[str], suffix: str = ".key"):
     if not stale:
         host.noop(f"{directory}: no stale {suffix} files")
         return
+    announce(f"{directory}: removing {', '.join(stale)} (no longer in the inventory)")
     yield "rm -f " + " ".join(q(f"{directory}/{name}") for name in stale)
 
 

@@ -79,6 +79,7 @@ def private_key(
     if info is False:
         raise OperationError(f"key {path}: exists but is not a regular file; not touching it")
     if info is None:
+        announce(f"key {path}: missing; making a {key_type} key on the host")
         yield genpkey(path, key_type, owner, group)
         if mode != "0600":
             yield f"chmod {mode} {q(path)}"
@@ -96,6 +97,9 @@ def private_key(
     fixes = ownership_fixes(path, info["owner"], info["group"], info["mode"], owner, group, mode)
     if not fixes:
         host.noop(f"key {path} exists ({key_type}, {mode} {owner}:{group})")
+    else:
+        have = f"{info['mode']} {info['owner']}:{info['group']}"
+        announce(f"key {path}: {have}, wanted {mode} {owner}:{group}")
     yield from fixes
 
 

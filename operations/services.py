@@ -53,6 +53,7 @@ def delivered(mapping: str, deploy_hook: bool = False, after_change: bool = Fals
         services.delivered(mapping=mapping_json(inventory, spec), deploy_hook=True)
     """
     if after_change:
+        announce("services: a certificate changed in this run; delivering it")
         yield f"python3 {q(paths.DELIVERY_AGENT)} --mapping {q(paths.SERVICES_MAPPING)}"
         return
     commands = []

@@ -3,7 +3,8 @@
 A case is ``tests/operations/<module>.<operation>/<case>.json`` with ``args``/``kwargs`` for the
 operation, ``facts`` keyed ``"<module>.<Fact>"`` (then by ``"arg=value,..."`` for facts with
 arguments), and either the expected ``commands`` (plus ``noop_description`` when the run
-notes one) or ``exception`` (class name and message) for an operation that must refuse.
+notes one, and ``announced``: the lines that say why it changes something, printed by runs and
+``--dry`` alike) or ``exception`` (class name and message) for an operation that must refuse.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,8 @@ class FakeHost:
         self.name = name
         self.print_prefix = f"[{name}] "
         self.noop_description: str | None = None
+        #: What the operation said through ``operations.context.announce`` (prefix removed).
+        self.announced: list[str] = []
 
     def get_fact(self, cls: type, *args: Any, **kwargs: Any) -> Any:
         key = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
@@ -104,16 +108,38 @@ def _pinned_run_id(value: str) -> Iterator[None]:
         util.RUN_ID = saved
 
 
+class _Announcements(logging.Handler):
+    """Collects what ``announce`` logs for ``host`` (pyinfra's logger, the host's prefix)."""
+
+    def __init__(self, host: FakeHost) -> None:
+        super().__init__(logging.INFO)
+        self.host = host
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.host.print_prefix):
+            self.host.announced.append(message.removeprefix(self.host.print_prefix))
+
+
 def run_operation(module: str, op_name: str, case: dict[str, Any]) -> tuple[list[Any], FakeHost]:
     # ``lab.<op>`` fixtures are the lab's own operations (lab/operations.py).
     path = "lab.operations" if module == "lab" else f"operations.{module}"
     op = getattr(importlib.import_module(path), op_name)
     host = FakeHost(case.get("facts", {}), case.get("data", {}))
+    pyinfra_logger = logging.getLogger("pyinfra")
+    handler = _Announcements(host)
+    saved_level = pyinfra_logger.level
+    pyinfra_logger.addHandler(handler)
+    pyinfra_logger.setLevel(logging.INFO)
     # A run's id is random; fixtures name it RUN.
-    with ctx_state.use(FakeState()), ctx_host.use(host), _pinned_run_id("RUN"):
-        commands = [
-            command_text(c) for c in op._inner(*case.get("args", []), **case.get("kwargs", {}))
-        ]
+    try:
+        with ctx_state.use(FakeState()), ctx_host.use(host), _pinned_run_id("RUN"):
+            commands = [
+                command_text(c) for c in op._inner(*case.get("args", []), **case.get("kwargs", {}))
+            ]
+    finally:
+        pyinfra_logger.removeHandler(handler)
+        pyinfra_logger.setLevel(saved_level)
     return commands, host
 
 

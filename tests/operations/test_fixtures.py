@@ -23,6 +23,8 @@ def test_operation(case: Case) -> None:
     commands, host = run_operation(case.module, case.operation, case.data)
     assert commands == case.data["commands"]
     assert host.noop_description == case.data.get("noop_description")
+    # Why it changes something, as a run and --dry print it (nothing said: no "announced").
+    assert host.announced == case.data.get("announced", [])
 
 
 def test_every_operation_has_an_already_converged_case() -> None:
@@ -46,3 +48,10 @@ def test_every_operation_has_an_already_converged_case() -> None:
     }
     assert ops, "no operation fixtures found"
     assert ops == converged, f"operations without an already-converged case: {ops - converged}"
+
+
+def test_every_case_that_changes_something_says_why() -> None:
+    """Every operation that would change something says why in one line (``announce``, printed
+    by a run and by ``--dry`` alike), and each such case records that line."""
+    silent = [c.id for c in ALL if c.data.get("commands") and not c.data.get("announced")]
+    assert silent == [], f"cases whose commands come without a reason: {silent}"
