@@ -100,6 +100,8 @@ deb {security_mirror} {suite}-security main
 EOF
 printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d
 chmod 0755 /usr/sbin/policy-rc.d
+# A throwaway build: dpkg need not fsync every file it unpacks (removed again below).
+echo force-unsafe-io >/etc/dpkg/dpkg.cfg.d/pkinfra-build
 debconf-set-selections <<EOF
 postfix postfix/main_mailer_type select Local only
 postfix postfix/mailname string {domain}
@@ -134,9 +136,10 @@ systemctl disable ssh named unbound nginx postfix postgresql >/dev/null 2>&1
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
     e2scrub_reap.service getty@tty1.service console-getty.service >/dev/null 2>&1
 rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
+find /etc/ssl/certs -xtype l -delete  # the snakeoil certificate's hash link
 if [ -s /etc/machine-id ]; then : >/etc/machine-id; fi
 rm -f /var/lib/dbus/machine-id
-rm -f /usr/sbin/policy-rc.d
+rm -f /usr/sbin/policy-rc.d /etc/dpkg/dpkg.cfg.d/pkinfra-build
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/cache/debconf/*-old /tmp/*
 echo pkinfra-lab-build-ok

@@ -92,7 +92,7 @@ def allowed(path: str, after: dict[str, list[object]]) -> bool:
         return True
     if path.startswith(TRUST_STORE):
         # The bundle, pkinfra's anchors, and the hash links that its rehash recomputes for the
-        # whole directory (here: the snakeoil certificate's, made after the image was).
+        # whole directory (a certificate another tool put there without a link gets one too).
         name = path.removeprefix(TRUST_STORE)
         return (
             name == "ca-certificates.crt"
