@@ -22,7 +22,7 @@ from pyinfra.operations import apt
 
 from operations.context import announce
 from operations.facts import AgentFiles
-from operations.util import q, upload_atomic
+from operations.util import INLINE_MAX, inline_writes, install_staged, new_name, q, upload_atomic
 from pkinfra import install
 from pkinfra.agent import paths
 
@@ -84,12 +84,51 @@ def agent():
         return
     announce(f"host agents: {len(write)} file(s) to write, {len(stale)} to remove")
     files = install.agent_files()
-    for path in write:
-        # Entry points are programs; modules are only read.
-        mode = "0644" if path.startswith("pkinfra/") else "0755"
-        yield from upload_atomic(f"{paths.LIB_DIR}/{path}", files[path], mode, "root", "root")
+    carried, uploads = carried_batches({path: files[path] for path in write})
+    for batch in carried:
+        # The files travel inside the command (a few commands instead of three per file), each
+        # written beside its place and renamed over it once every file of the batch is written.
+        targets = {path: f"{paths.LIB_DIR}/{path}" for path in batch}
+        writes = inline_writes({new_name(targets[p]): data for p, data in batch.items()})
+        assert writes is not None  # carried_batches checked each file and the batch's size
+        dirs = " ".join(q(d) for d in sorted({t.rpartition("/")[0] for t in targets.values()}))
+        installs = " && ".join(
+            install_staged(new_name(target), target, _agent_mode(path), "root", "root")
+            for path, target in targets.items()
+        )
+        yield f"mkdir -p {dirs} && {writes}{installs}"
+    for path in uploads:
+        target = f"{paths.LIB_DIR}/{path}"
+        yield from upload_atomic(target, files[path], _agent_mode(path), "root", "root")
     if stale:
         yield "rm -f " + " ".join(q(f"{paths.LIB_DIR}/{path}") for path in stale)
+
+
+def _agent_mode(path: str) -> str:
+    """Entry points are programs; modules are only read."""
+    return "0644" if path.startswith("pkinfra/") else "0755"
+
+
+def carried_batches(
+    files: dict[str, bytes],
+) -> tuple[list[dict[str, bytes]], list[str]]:
+    """``files`` (path -> content) in batches that each fit inside one command
+    (``inline_writes``: plain text, ``INLINE_MAX`` bytes at most together), in their order, and
+    the paths of the files that cannot travel so (to upload)."""
+    batches: list[dict[str, bytes]] = []
+    uploads: list[str] = []
+    batch: dict[str, bytes] = {}
+    for path, data in files.items():
+        if inline_writes({path: data}) is None:
+            uploads.append(path)
+            continue
+        if batch and sum(map(len, batch.values())) + len(data) > INLINE_MAX:
+            batches.append(batch)
+            batch = {}
+        batch[path] = data
+    if batch:
+        batches.append(batch)
+    return batches, uploads
 
 
 _installed: set[tuple[int, str]] = set()

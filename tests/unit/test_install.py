@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pkinfra import install
 from tests.helpers import installed_agents
 from tests.operations.harness import run_operation
@@ -62,14 +64,50 @@ def test_agent_operation_writes_what_differs_and_drops_stale_modules() -> None:
     commands, host = run_operation("system", "agent", {"facts": facts})
     path = "/usr/local/lib/pkinfra/pkinfra/agent/delivery.py"
     staged = "/usr/local/lib/pkinfra/pkinfra/agent/.delivery.py.pkinfra-new-RUN"
-    digest = hashlib.sha256(files["pkinfra/agent/delivery.py"]).hexdigest()[:16]
+    text = files["pkinfra/agent/delivery.py"].decode()
     assert commands == [
-        "mkdir -p /usr/local/lib/pkinfra/pkinfra/agent",
-        {"FileUploadCommand": f"FileUploadCommand(<bytes sha256:{digest}>, {staged})"},
+        # The file travels inside the command (plain text, small enough), written beside its
+        # place and renamed over it.
+        f"mkdir -p /usr/local/lib/pkinfra/pkinfra/agent && cat > {staged} <<'PKINFRA-EOF' &&\n"
+        f"{text}PKINFRA-EOF\n"
         f"chown root:root {staged} && chmod 0644 {staged} && mv -f {staged} {path}",
         "rm -f /usr/local/lib/pkinfra/pkinfra/agent/old.py",
     ]
     assert host.noop_description is None
+
+
+def test_agent_operation_on_a_new_host_writes_every_file_in_a_few_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from operations.util import INLINE_MAX
+    from pkinfra.agent import paths
+
+    lib = tmp_path / "lib"
+    monkeypatch.setattr(paths, "LIB_DIR", str(lib))
+    files = install.agent_files()
+    facts: dict[str, object] = {"facts.AgentFiles": {f"directory={lib}": {}}}
+    commands, host = run_operation("system", "agent", {"facts": facts})
+    assert host.announced == [f"host agents: {len(files)} file(s) to write, 0 to remove"]
+    # A few commands for the whole set, not three per file (mkdir, upload, install).
+    total = sum(len(data) for data in files.values())
+    assert all(isinstance(c, str) for c in commands), commands
+    assert len(commands) <= 2 * (total // INLINE_MAX + 1) < len(files)
+    # Run as a host's sh would (chown to root needs root here: a stand-in that checks its
+    # arguments); every file lands with its content and mode, and nothing staged is left.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "chown").write_text('#!/bin/sh\n[ "$1" = root:root ] && [ -f "$2" ]\n')
+    (shim / "chown").chmod(0o755)
+    env = {"PATH": f"{shim}:/usr/bin:/bin"}
+    for command in commands:
+        run = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    for relative, data in files.items():
+        written = lib / relative
+        assert written.read_bytes() == data, relative
+        mode = 0o644 if relative.startswith("pkinfra/") else 0o755
+        assert written.stat().st_mode & 0o777 == mode, relative
+    assert not [p for p in lib.rglob("*") if "pkinfra-new" in p.name]
 
 
 def test_a_host_without_the_agents_directory_has_no_agent_files() -> None:
@@ -77,3 +115,16 @@ def test_a_host_without_the_agents_directory_has_no_agent_files() -> None:
     from operations.facts import AgentFiles
 
     assert AgentFiles.default() == {} and AgentFiles().process([]) == {}
+
+
+def test_files_that_cannot_travel_inside_a_command_are_uploaded() -> None:
+    from operations.system import carried_batches
+    from operations.util import INLINE_MAX
+
+    big = b"x" * (INLINE_MAX - 5) + b"\n"
+    files = {"a.py": b"print(1)\n", "bin.py": b"\xff\n", "big.py": big, "b.py": b"# b\n"}
+    batches, uploads = carried_batches(files)
+    assert uploads == ["bin.py"]  # not plain text
+    # In order, a new batch when the next file would make one too big for a command.
+    assert batches == [{"a.py": files["a.py"]}, {"big.py": big, "b.py": files["b.py"]}]
+    assert carried_batches({"huge.py": b"x" * INLINE_MAX + b"\n"}) == ([], ["huge.py"])
