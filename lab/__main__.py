@@ -1,4 +1,4 @@
-"""`python -m lab up|down|status`: the command line of the Docker lab."""
+"""`python -m lab up|down|status|images`: the command line of the Docker lab."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from lab.engine import LabError
-from lab.lifecycle import LabStatus, down, status, up
+from lab.lifecycle import LabStatus, build_images, down, status, up
 
 
 def _print_status(result: LabStatus) -> None:
@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("up", help="build images if needed, create/start containers")
     commands.add_parser("down", help="remove the lab's containers and network (keep images)")
     commands.add_parser("status", help="one line per container; non-zero unless fully up")
+    commands.add_parser("images", help="build the images if needed; make no container")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "down":
             down()
+            return 0
+        if args.command == "images":
+            print("lab: images ready: " + ", ".join(build_images()))
             return 0
         result = status()
         _print_status(result)

@@ -131,6 +131,14 @@ def _ensure_acme_server_ca() -> None:
         say(f"made the lab ACME server's CA ({bundle})")
 
 
+def build_images() -> list[str]:
+    """Build the lab's images where missing (no container is made): their tags."""
+    client = connect()
+    with _locked():
+        image_of = images.ensure_lab_images(client)
+    return sorted({spec.tag for spec in image_of.values()})
+
+
 def up() -> LabStatus:
     """Bring the lab up (building images if needed) and return its status; LabError if not."""
     started = time.monotonic()

@@ -25,7 +25,7 @@ from operations.facts import (
     ProcessId,
 )
 from operations.util import Upload, q, upload_atomic
-from pkinfra import acme
+from pkinfra import acme, truststore
 from pkinfra import nginx as nginx_core
 from pkinfra.agent import paths
 from pkinfra.nginx import SITE, SNIPPET
@@ -51,7 +51,8 @@ def server_trust(pem: str, source: str, current: Any = None):
 
     A clean-environment ``certbot renew`` (cron, by hand) reads no ``REQUESTS_CA_BUNDLE`` and
     certbot 2.1 has no CA-bundle option: on Debian, requests uses
-    ``/etc/ssl/certs/ca-certificates.crt``, rebuilt by ``update-ca-certificates``.
+    ``/etc/ssl/certs/ca-certificates.crt``, rebuilt as ``update-ca-certificates`` does
+    (``pkinfra.truststore``).
 
     + pem: the CA certificate(s), PEM
     + source: where it came from (for messages)
@@ -74,7 +75,7 @@ def server_trust(pem: str, source: str, current: Any = None):
     why = "changed" if isinstance(have, dict) else "missing"
     _announce(f"ACME server CA from {source}: {why} in {path}; updating the system trust store")
     yield from upload_atomic(path, data, "0644")
-    yield "update-ca-certificates >/dev/null"
+    yield truststore.program()
 
 
 @operation()

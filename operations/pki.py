@@ -40,7 +40,7 @@ from operations.util import (
     ownership_fixes,
     q,
 )
-from pkinfra import dnsupdate, issue, rollover, switch
+from pkinfra import dnsupdate, issue, rollover, switch, truststore
 from pkinfra.agent import paths
 from pkinfra.ca import CAError, CAStore, Issued, PassphraseSource, load_csr
 from pkinfra.keys import spki_sha256
@@ -902,8 +902,9 @@ def trust(
 
     + store: the CA store directory on the controller
     + anchors: root CAs to install as ``/usr/local/share/ca-certificates/pkinfra-<ca>.crt``
-      (then ``update-ca-certificates``, only when one changed); other ``pkinfra-*.crt`` go
-      (``update-ca-certificates --fresh``: no link to them stays in ``/etc/ssl/certs``)
+      (then the system store is brought up to date, only when one changed:
+      ``pkinfra.truststore``, what ``update-ca-certificates`` does, in one process); other
+      ``pkinfra-*.crt`` go (``--fresh``: no link to them stays in ``/etc/ssl/certs``)
     + bundles: CAs whose bundle (the CA and its ancestors) goes to ``/etc/pkinfra/ca/<ca>.pem``
     + current: the ``files`` of a ``PkiFiles`` fact already read (path -> SHA-256)
     + revoking: CAs whose CRL this run re-issues for its own revocations
@@ -942,12 +943,9 @@ def trust(
     if stale:
         # Without --fresh, Debian's update-ca-certificates keeps a deleted local CA's links in
         # /etc/ssl/certs: it clears orphans only when its own configuration adds or removes one.
-        then += [
-            f"rm -f {' '.join(q(p) for p in stale)}",
-            "update-ca-certificates --fresh >/dev/null",
-        ]
+        then += [f"rm -f {' '.join(q(p) for p in stale)}", truststore.program(fresh=True)]
     elif any(p.startswith(issue.TRUST_DIR) for p in files):
-        then.append("update-ca-certificates >/dev/null")
+        then.append(truststore.program())
     yield from _file_commands(files, " && ".join(then) or None, "trust")
 
 

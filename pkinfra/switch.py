@@ -343,15 +343,20 @@ def _generation(archive: Path, want: dict[str, bytes]) -> int:
 # -- on a host without the agent ----------------------------------------------------------------
 
 
+def python_program(source: str, marker: str, *args: str) -> str:
+    """The shell command that runs the module file ``source`` on a host without installing it:
+    fed to the host's ``python3 -I -`` as a here-document ending at ``marker``, with ``args``
+    (this module, ``pkinfra.truststore``: standard library only, run where no agent is)."""
+    text = Path(source).read_text()
+    assert marker not in text.splitlines(), "the here-document would end early"
+    words = " ".join(shlex.quote(arg) for arg in args)
+    return f"python3 -I - {words} <<'{marker}'\n{text}{marker}\n"
+
+
 def program(live: str, source: str) -> str:
     """The shell command that switches the CA-issued certificate directory ``live`` to the
     files of ``source`` on a host: this file, fed to the host's ``python3 -I -``."""
-    text = Path(__file__).read_text()
-    assert _MARKER not in text.splitlines(), "the here-document would end early"
-    return (
-        f"python3 -I - directory {shlex.quote(live)} {shlex.quote(source)} <<'{_MARKER}'\n"
-        f"{text}{_MARKER}\n"
-    )
+    return python_program(__file__, _MARKER, "directory", live, source)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -2,8 +2,9 @@
 (systemd as PID 1, sshd, a sudo user with the controller's key, nothing of the lab's deploys),
 reached over SSH with sudo. ``deploys/site.py`` gives each a CA-issued certificate and places
 its files for a service; every path on the host is listed before and after, and what changed
-must be pkinfra's own files, the files the inventory names, or the trust store that
-``update-ca-certificates`` rebuilds from pkinfra's anchors. A second run changes nothing at all.
+must be pkinfra's own files, the files the inventory names, or the trust store that pkinfra
+rebuilds from its anchors as ``update-ca-certificates`` would (Debian's script, run after, changes
+nothing). A second run changes nothing at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 import lab
 from lab import containers, images, ssh
 from lab.topology import LABEL_LAB, NETWORK
+from pkinfra import truststore
 from pkinfra.model import reserved_host_path
 from tests.helpers import lab_inventory_copy
 from tests.lab import run as lab_run
@@ -42,11 +44,13 @@ APP_FILES = ("/etc/app/tls/cert.pem", "/etc/app/tls/key.pem")
 #: What the system itself writes for any SSH login with sudo, with or without pkinfra: the
 #: journal and the login records.
 SYSTEM_KEEPS = ("/var/log/",)
-#: Rebuilt by ``update-ca-certificates`` when pkinfra adds its anchors under
+#: Rebuilt (``pkinfra.truststore``) when pkinfra adds its anchors under
 #: /usr/local/share/ca-certificates/pkinfra-* (the system's trust store, on purpose): only the
 #: bundle, pkinfra's anchors and the hash links to them may change there.
 TRUST_STORE = "/etc/ssl/certs/"
 HASH_LINK = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+BUNDLE = f"{TRUST_STORE}ca-certificates.crt"
+TRUST_ANCHOR = "/usr/local/share/ca-certificates/pkinfra-duckcorp.crt"
 
 # Every path of the host's root file system (the kernel's and the runtime's trees aside): type,
 # mode, owner, group, and for a file its size and modification time, for a link its target.
@@ -216,3 +220,17 @@ def test_a_run_on_hosts_no_one_prepared_changes_only_pkinfras_files(
             p for p in changed(before[name], manifest(name)) if not p.startswith(SYSTEM_KEEPS)
         )
         assert moved == [], f"{name}: a second run changed {moved[:40]}"
+
+    # pkinfra brought the trust store up to date itself (pkinfra.truststore: the host's script
+    # is one it was checked against, and there are no hooks): Debian's own script, run now,
+    # finds nothing to change, and the bundle holds pkinfra's root.
+    for name in STRANGERS:
+        script = sh(name, f"sha256sum {truststore.SCRIPT}").stdout.split()[0]
+        assert script in truststore.VERIFIED_SCRIPTS, f"{name}: {script}"
+        store = f"find {TRUST_STORE} -printf '%p %l\\n' | sort; sha256sum {BUNDLE}"
+        ours = sh(name, store).stdout
+        assert f"{TRUST_STORE}pkinfra-duckcorp.pem " in ours, ours[-2000:]
+        assert sh(name, "update-ca-certificates").returncode == 0
+        assert sh(name, store).stdout == ours, f"{name}: update-ca-certificates changed the store"
+        anchor = sh(name, f"cat {TRUST_ANCHOR}").stdout
+        assert anchor.strip() and anchor in sh(name, f"cat {BUNDLE}").stdout

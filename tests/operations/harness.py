@@ -22,7 +22,7 @@ from typing import Any
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from pkinfra import install, switch
+from pkinfra import install, switch, truststore
 
 FIXTURES = Path(__file__).parent
 
@@ -164,6 +164,9 @@ PLACEHOLDERS = {
     # The switch program a CA-issued certificate's rollover feeds to the host's python3, as it
     # stands inside a JSON string.
     "@SWITCH_SOURCE@": json.dumps(Path(switch.__file__).read_text())[1:-1],
+    # The trust store program (pkinfra.truststore) as the trust operations run it.
+    '"@TRUSTSTORE_PROGRAM@"': json.dumps(truststore.program()),
+    "@TRUSTSTORE_FRESH_PROGRAM@": json.dumps(truststore.program(fresh=True))[1:-1],
 }
 
 
