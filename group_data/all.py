@@ -10,7 +10,7 @@ secrets_dir = "pki/secrets"
 zones = [
     # Short TLSA TTLs keep the lab's key rollover tests quick (step 2 waits one TTL); a site
     # keeps the defaults (300 s here, 60 s in the shadow zone) or longer.
-    {"name": "example.test", "tlsa_ttl": 10},
+    {"name": "example.test", "tlsa_ttl": 5},
     # Unsigned on purpose: the DANE checker's "no DANE" case. Kept by hand by the site's admin
     # (lab/deploys/bind_admin.py writes its first version): pkinfra only writes its include file.
     # Its TLSA TTL as short as example.test's: a rollover waits for the longest of its records.
@@ -18,12 +18,12 @@ zones = [
         "name": "unsigned.test",
         "signed": False,
         "admin_file": "/etc/bind/db.unsigned.test",
-        "tlsa_ttl": 10,
+        "tlsa_ttl": 5,
     },
 ]
 
 # Receives ACME challenges and host-managed TLSA records by RFC 2136 (CNAMEs point here).
-shadow_zone = {"name": "shadow.test", "tlsa_ttl": 10, "challenge_ttl": 5, "negative_ttl": 1}
+shadow_zone = {"name": "shadow.test", "tlsa_ttl": 5, "challenge_ttl": 5, "negative_ttl": 1}
 
 dns = {"primary": "ns1.example.test", "secondaries": ["ns2.example.test"]}
 

@@ -44,6 +44,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
+import dns.rrset
 import dns.tsig
 import dns.update
 
@@ -857,6 +858,14 @@ class RFC2136Client:
     def values(self, name: NameLike, rdtype: RdtypeLike) -> set[str]:
         """The RRset the zone's primary serves now (presentation text; empty when absent),
         asked with RD=0, as an update would change it."""
+        return {rdata.to_text() for rrset in self._served(name, rdtype) for rdata in rrset}
+
+    def served_ttl(self, name: NameLike, rdtype: RdtypeLike) -> int:
+        """The TTL of the RRset the zone's primary serves now (0 when absent): how long a
+        cache may keep it once it has been changed."""
+        return max((rrset.ttl for rrset in self._served(name, rdtype)), default=0)
+
+    def _served(self, name: NameLike, rdtype: RdtypeLike) -> list[dns.rrset.RRset]:
         owner = _owner(name, "reading a record")
         action = "reading a record"
         try:
@@ -896,12 +905,7 @@ class RFC2136Client:
                 server=str(server),
                 rcode=dns.rcode.to_text(rcode),
             )
-        return {
-            rdata.to_text()
-            for rrset in response.answer
-            if rrset.name == owner and rrset.rdtype == kind
-            for rdata in rrset
-        }
+        return [rrset for rrset in response.answer if rrset.name == owner and rrset.rdtype == kind]
 
     def wait_visible(
         self,

@@ -117,6 +117,22 @@ class Step:
         return f"key rollover {certificate}{to}: {self.reason}"
 
 
+#: ``served_since`` is a whole second (``date +%s``, ``int(time.time())``): the next record was
+#: first served everywhere up to this much later, and the TTL counts from then.
+SERVED_SINCE_RESOLUTION = 1.0
+
+
+def switch_due(state: Mapping[str, Any], ttl: float) -> float:
+    """When step 2 may switch (a Unix time): once the next record has been served everywhere
+    for the TTL, counted from the end of the second ``served_since`` names (truncated, it may be
+    up to a second early; a cache that took the old set then keeps it for the whole TTL). The
+    TTL is the longer of ``ttl`` and the state's ``cached_ttl``: the TTL the set was served
+    with before step 1 changed it (an inventory that lowers the TTL does not shorten how long
+    caches keep what they already have)."""
+    held = max(ttl, float(state.get("cached_ttl", 0) or 0))
+    return float(state.get("served_since", 0)) + SERVED_SINCE_RESOLUTION + held
+
+
 def at(kind: str, state: Mapping[str, Any]) -> str | None:
     """What comes next for a rollover in progress (an action); None when none is."""
     return STEPS[kind].get(str(state.get("step")))
@@ -153,7 +169,7 @@ def plan(kind: str, state: Mapping[str, Any], seen: Seen) -> Step:
     if now == SWITCH:
         if step == GATE_PASSED[kind]:
             return Step(SWITCH, resuming, label, saves=saves)
-        left = max(0.0, float(state.get("served_since", 0)) + seen.ttl - seen.now)
+        left = max(0.0, switch_due(state, seen.ttl) - seen.now)
         if left > seen.wait:
             return Step(
                 WAIT,

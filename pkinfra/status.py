@@ -29,7 +29,7 @@ from typing import Any
 
 import jinja2
 
-from pkinfra import acme, issue, services, tlsa
+from pkinfra import acme, issue, rollover, services, tlsa
 from pkinfra.agent import paths
 from pkinfra.model import NEXT_SUFFIX, Certificate, HostSpec, Inventory, tlsa_owner, zone_of
 
@@ -354,8 +354,9 @@ def rollover_due(
         if step == "published":
             owners = [tlsa_owner(p.port, p.proto, host.tlsa_name(p)) for p in host.tlsa]
             ttl = max((_tlsa_ttl(inventory, cert, o) for o in owners), default=0)
-            since = _when(state.get("served_since")) or now
-            return text, since + dt.timedelta(seconds=ttl)
+            if _when(state.get("served_since")) is None:
+                return text, now + dt.timedelta(seconds=ttl)
+            return text, dt.datetime.fromtimestamp(rollover.switch_due(state, ttl), dt.UTC)
         return text, now
     if cert.rollover and not (step == "done" and label == cert.rollover):
         return f"asked: '{cert.rollover}' (the next run starts it)", now

@@ -180,6 +180,14 @@ class Rollover:
                 )
             )
 
+    def served_ttl(self) -> int:
+        """The longest TTL the primary serves the certificate's TLSA RRsets with now."""
+        dane, pubs = self._publications()
+        if not pubs:
+            return 0
+        client = dane_publish.client_for(dane)
+        return max(client.served_ttl(client.follow_cnames(pub["owner"])[0], "TLSA") for pub in pubs)
+
     def visible(self) -> str:
         """'' when every authoritative server serves every wanted record, else why not."""
         dane, pubs = self._publications()
@@ -247,8 +255,16 @@ class Rollover:
         new = record_of(next_cert)
         if new == old:
             raise RolloverError(f"{self.cert}: lineage {self.next} has the current key")
+        # A cache may hold the set served until now for the TTL it was served with, which is
+        # longer than this one when the inventory lowered it: step 2 waits for the longer.
+        cached_ttl = self.served_ttl()
         self.publish()
-        self.save(step=step.saves, next_record=new, served_since=int(self.clock()))
+        self.save(
+            step=step.saves,
+            next_record=new,
+            served_since=int(self.clock()),
+            cached_ttl=cached_ttl,
+        )
 
     # -- step 2 ---------------------------------------------------------------------------------
 
@@ -263,7 +279,8 @@ class Rollover:
                 self._gate()
                 raise Waiting(
                     f"{self.cert}: the next record has been served for "
-                    f"{int(self.ttl - step.left)} s of the TTL ({int(self.ttl)} s); "
+                    f"{int(self.ttl + planner.SERVED_SINCE_RESOLUTION - step.left)} s of the TTL"
+                    f" ({int(self.ttl)} s); "
                     f"step 2 in {int(step.left) + 1} s"
                 )
             if step.action == planner.SWITCH:

@@ -43,6 +43,7 @@ ROLLOVER_KEYS = (
     "label",
     "started",
     "served_since",
+    "cached_ttl",
     "updated",
     "finished",
     "old",

@@ -260,13 +260,15 @@ def test_two_steps_roll_the_key_without_a_gap(
 
     # Step 2 before the TTL has passed: refused, nothing switched.
     clock.now += 30
-    with pytest.raises(rollover.Waiting, match="step 2 in 31 s"):
+    waiting = r"served for 30 s of the TTL \(60 s\); step 2 in 32 s"
+    with pytest.raises(rollover.Waiting, match=waiting):
         r.finish()
     assert record(certbot.served) == old and r.state()["step"] == "published"
 
-    # With enough wait allowed, it waits out the TTL, then switches.
+    # With enough wait allowed, it waits out the TTL (from the end of the second step 1 noted),
+    # then switches.
     assert "rolled over to '2026-11'" in r.finish(wait=60)
-    assert clock.now == 1_800_000_060.0
+    assert clock.now == 1_800_000_061.0
     assert record(certbot.served) == new
     assert record(certbot.live / "mail" / "privkey.pem") == new, "the main lineage has the key"
     assert not (certbot.live / "mail-next").exists()
@@ -277,6 +279,32 @@ def test_two_steps_roll_the_key_without_a_gap(
     assert certbot.checks >= 3
     # Same label again: nothing to do.
     assert "nothing to do" in r.start("2026-11")
+
+
+def test_a_lowered_ttl_waits_for_what_caches_already_hold(
+    lab: tuple[Certbot, dict[str, Any], Clock],
+) -> None:
+    """The set was published with a 5 s TTL, then the inventory lowered it to 2 s: a cache may
+    keep the old set (without the next key's record) for 5 s after step 1, so step 2 waits
+    for 5 s (and the second served_since is truncated to), not 2."""
+    certbot, config, clock = lab
+    dane_config = Path(config["dane_config"])
+    dane = json.loads(dane_config.read_text())
+    dane_config.write_text(json.dumps({**dane, "ttl": 2}))
+    config["certificates"]["mail"]["ttl"] = 2
+    r = agent(certbot, config, clock)
+
+    assert "step 1 done" in r.start("2026-11")
+    state = r.state()
+    assert state["cached_ttl"] == 5
+    client = dane_publish.client_for(json.loads(dane_config.read_text()))
+    target, _ = client.follow_cnames(OWNER)
+    assert client.served_ttl(target, "TLSA") == 2, "the set is served with the new TTL now"
+    clock.now = state["served_since"] + 3  # the new TTL has passed, the old one has not
+    with pytest.raises(rollover.Waiting, match="step 2 in 4 s"):
+        r.finish()
+    assert "rolled over to '2026-11'" in r.finish(wait=60)
+    assert clock.now == state["served_since"] + 1 + 5
 
 
 def test_a_switch_that_cannot_be_made_changes_nothing(

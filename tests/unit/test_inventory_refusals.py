@@ -131,8 +131,8 @@ MISTAKES = [
         "which renders its CAA records",
         (
             G,
-            '{"name": "example.test", "tlsa_ttl": 10}',
-            '{"name": "example.test", "tlsa_ttl": 10, "caa": ["letsencrypt.org"]}',
+            '{"name": "example.test", "tlsa_ttl": 5}',
+            '{"name": "example.test", "tlsa_ttl": 5, "caa": ["letsencrypt.org"]}',
         ),
         (
             INV,

@@ -164,7 +164,19 @@ ROWS: list[tuple[str, str, dict[str, Any], Seen, str, str, str | None]] = [
         PUBLISHED,
         SEEN,
         WAIT,
-        "key rollover c to 'k1': step 2 in 40 s (the next TLSA record must be served for the "
+        "key rollover c to 'k1': step 2 in 41 s (the next TLSA record must be served for the "
+        "TTL first)",
+        None,
+    ),
+    (
+        # served_since is a whole second, written down truncated: the record may have been first
+        # served up to a second later, so the TTL counts from the end of that second.
+        "a TTL since the start of the second is not enough",
+        ACME,
+        {**PUBLISHED, "served_since": T - 60},
+        SEEN,
+        WAIT,
+        "key rollover c to 'k1': step 2 in 1 s (the next TLSA record must be served for the "
         "TTL first)",
         None,
     ),
@@ -181,7 +193,7 @@ ROWS: list[tuple[str, str, dict[str, Any], Seen, str, str, str | None]] = [
         "due within the wait",
         CA,
         PUBLISHED,
-        replace(SEEN, wait=40),
+        replace(SEEN, wait=41),
         SWITCH,
         "key rollover c to 'k1': step 2 (switch to the next key)",
         "switched",
@@ -254,7 +266,7 @@ def test_plan(
 
 def test_the_switch_waits_out_what_is_left_and_checks_first() -> None:
     step = rollover.plan(CA, PUBLISHED, replace(SEEN, wait=45))
-    assert (step.action, step.left, step.gate) == (SWITCH, 40, True)
+    assert (step.action, step.left, step.gate) == (SWITCH, 41, True)
     resumed = rollover.plan(ACME, {**PUBLISHED, "step": "switching"}, SEEN)
     assert (resumed.action, resumed.gate) == (SWITCH, False), "checked before it stopped"
     assert rollover.GATE_PASSED[ACME] == "switching"

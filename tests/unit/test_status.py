@@ -260,7 +260,8 @@ def test_next_run_is_the_earliest_of_renewals_crls_and_rollover_steps(converged:
     ]
     assert not any(d.what == "renew mail" for d in run.because)  # certbot renews ACME
     # A rollover step 2 comes first once due: published, and the longest TTL of its records
-    # has passed (10 s, in example.test and in unsigned.test).
+    # has passed (5 s, in example.test and in unsigned.test), counted from the end of the
+    # second served_since names.
     probes = json.loads(json.dumps(converged.probes))
     since = int((NOW - dt.timedelta(hours=2)).timestamp())
     probes["db1.example.test"]["certificates"]["postgres"]["rollover"] = {
@@ -270,7 +271,7 @@ def test_next_run_is_the_earliest_of_renewals_crls_and_rollover_steps(converged:
     }
     report = status.evaluate(converged.inventory, probes, converged.crls, converged.dns, now=NOW)
     first = report.next_run.because[0]
-    assert first.at == dt.datetime.fromtimestamp(since + 10, dt.UTC)
+    assert first.at == dt.datetime.fromtimestamp(since + 1 + 5, dt.UTC)
     assert first.what == "key rollover of postgres: step published to '2026-11'"
     assert report.next_run.state is State.WARNING  # due two hours ago
 
