@@ -144,11 +144,15 @@ def wanted(
 
 
 class Seen:
-    """When each record was first served by every authoritative server (a JSON file)."""
+    """When each record was first served by every authoritative server (a JSON file), and for
+    a record added to a set that was served with a longer TTL than the configured one, that TTL
+    (under ``HELD``): caches may keep the set without it that long."""
+
+    HELD = "@held"
 
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
-        self.data: dict[str, dict[str, float]] = {}
+        self.data: dict[str, dict[str, Any]] = {}
         if self.path is not None and self.path.exists():
             try:
                 self.data = json.loads(self.path.read_text())
@@ -156,12 +160,27 @@ class Seen:
                 self.data = {}  # only a cache of times: start again
 
     def since(self, owner: str, value: str) -> float | None:
-        return self.data.get(owner, {}).get(value)
+        found = self.data.get(owner, {}).get(value)
+        return float(found) if isinstance(found, int | float) else None
 
-    def note(self, owner: str, values: set[str], now: float) -> None:
-        """Record ``now`` for values not seen before; forget values no longer wanted."""
+    def held(self, owner: str, value: str) -> float:
+        """The TTL a cache may keep the set without ``value`` for (0: the configured one)."""
+        found = self.data.get(self.HELD, {}).get(owner, {}).get(value, 0)
+        return float(found) if isinstance(found, int | float) else 0.0
+
+    def note(self, owner: str, values: set[str], now: float, held: float = 0.0) -> None:
+        """Record ``now`` for values not seen before (and ``held``, the TTL the set was served
+        with before they came); forget values no longer wanted."""
         old = self.data.get(owner, {})
         self.data[owner] = {v: old.get(v, now) for v in values}
+        holds = self.data.get(self.HELD, {})
+        kept = {v: t for v, t in holds.get(owner, {}).items() if v in values}
+        kept |= {v: held for v in values if held and v not in old}
+        holds = {o: h for o, h in holds.items() if o != owner} | ({owner: kept} if kept else {})
+        if holds:
+            self.data[self.HELD] = holds
+        else:
+            self.data.pop(self.HELD, None)
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,13 +217,16 @@ def publish(
         if seen is not None:
             seen.note(owner, want, time.time())
         return f"{owner}: {len(want)} record(s) current"
+    # A record joins a set caches may keep without it for the TTL it was served with: longer
+    # than ``ttl`` when the inventory lowered it. The delivery gate waits for that one then.
+    held = client.served_ttl(target, "TLSA") if want - have and have else 0
     client.replace(target, "TLSA", sorted(want), ttl)
     for value in want - have:
         client.wait_visible(target, "TLSA", value, timeout=timeout)
     for value in have - want:
         client.wait_visible(target, "TLSA", value, present=False, timeout=timeout)
     if seen is not None:
-        seen.note(owner, want, time.time())
+        seen.note(owner, want, time.time(), held=held if held > ttl else 0)
     return (
         f"{owner}: published {len(want)} record(s) (+{len(want - have)} "
         f"-{len(have - want)}), served by every authoritative server"
@@ -239,7 +261,7 @@ def gate(
     """'' once every wanted record has been served everywhere for ``ttl`` (waiting for that
     up to ``ttl`` plus a margin), else why not."""
     owner = publication["owner"]
-    deadline = clock() + ttl + 15
+    started = clock()
     while True:
         why = visible(client, publication, 5.0, rollover_dir, mapping)
         if why:
@@ -249,13 +271,17 @@ def gate(
         for value in want:
             if seen.since(owner, value) is None:
                 seen.note(owner, want, now)  # first seen now: a cache may hold the old set
-        left = max(ttl - (now - (seen.since(owner, v) or now)) for v in want)
+        # Each record's TTL: the configured one, or the longer one its set was served with.
+        held = {v: max(ttl, seen.held(owner, v)) for v in want}
+        left = max(held[v] - (now - (seen.since(owner, v) or now)) for v in want)
+        longest = max(held.values())
         if left <= 0:
             return ""
-        if now + left > deadline:
+        if now + left > started + longest + 15:
             return (
                 f"{owner}: the record for the new key has been served for "
-                f"{int(ttl - left)} s of the TTL ({int(ttl)} s); a later delivery sends it"
+                f"{int(longest - left)} s of the TTL ({int(longest)} s); a later delivery "
+                "sends it"
             )
         sleep(left)
 

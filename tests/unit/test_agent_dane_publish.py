@@ -97,6 +97,10 @@ def test_check_and_gate_say_no_while_a_record_is_not_served(
 def test_gate_waits_until_the_record_has_been_served_for_the_ttl(
     named: NamedLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The set as it stands is served with this TTL first (an earlier test may have left it with
+    # a longer one, which the gate would rightly wait for: below).
+    warm, _ = certificate(tmp_path, "warm")
+    assert dane_publish.main(["--config", str(config(named, tmp_path, [str(warm)], ttl=2))]) == 0
     cert, _ = certificate(tmp_path, "gated")
     seen = tmp_path / "seen.json"
     cfg = config(named, tmp_path, [str(cert)], ttl=2, seen_file=str(seen))
@@ -111,6 +115,29 @@ def test_gate_waits_until_the_record_has_been_served_for_the_ttl(
     begin = time.monotonic()
     assert dane_publish.main(["--config", str(cfg), "--gate"]) == 0
     assert time.monotonic() - begin < 1.0
+
+
+def test_a_lowered_ttl_holds_the_gate_for_the_ttl_the_set_was_served_with(
+    named: NamedLab, tmp_path: Path
+) -> None:
+    """The set was served with a 4 s TTL; the inventory then lowers it to 1 s and a new key's
+    record joins: a cache may keep the set without it for 4 s, so the gate waits for that."""
+    old, _ = certificate(tmp_path, "old")
+    assert dane_publish.main(["--config", str(config(named, tmp_path, [str(old)], ttl=4))]) == 0
+    new, new_rr = certificate(tmp_path, "new")
+    seen = tmp_path / "seen.json"
+    cfg = config(named, tmp_path, [str(new)], ttl=1, seen_file=str(seen))
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert json.loads(seen.read_text())[dane_publish.Seen.HELD] == {OWNER: {new_rr: 4}}
+    begin = time.monotonic()
+    assert dane_publish.main(["--config", str(cfg), "--gate"]) == 0
+    waited = time.monotonic() - begin
+    assert 3.0 <= waited < 6.0, waited
+    # Once the set holds only records seen long enough, nothing is held any more.
+    assert dane_publish.main(["--config", str(cfg), "--gate"]) == 0
+    cfg = config(named, tmp_path, [str(old)], ttl=1, seen_file=str(seen))
+    assert dane_publish.main(["--config", str(cfg)]) == 0
+    assert dane_publish.Seen.HELD not in json.loads(seen.read_text())
 
 
 def test_a_service_still_on_the_old_key_keeps_its_record(
