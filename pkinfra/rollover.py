@@ -129,8 +129,12 @@ def switch_due(state: Mapping[str, Any], ttl: float) -> float:
     TTL is the longer of ``ttl`` and the state's ``cached_ttl``: the TTL the set was served
     with before step 1 changed it (an inventory that lowers the TTL does not shorten how long
     caches keep what they already have)."""
-    held = max(ttl, float(state.get("cached_ttl", 0) or 0))
-    return float(state.get("served_since", 0)) + SERVED_SINCE_RESOLUTION + held
+    return float(state.get("served_since", 0)) + SERVED_SINCE_RESOLUTION + held_ttl(state, ttl)
+
+
+def held_ttl(state: Mapping[str, Any], ttl: float) -> float:
+    """The TTL step 2 waits for: the longer of ``ttl`` and the state's ``cached_ttl``."""
+    return max(ttl, float(state.get("cached_ttl", 0) or 0))
 
 
 def at(kind: str, state: Mapping[str, Any]) -> str | None:

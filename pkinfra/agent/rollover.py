@@ -226,9 +226,10 @@ class Rollover:
                 self._begin(label, step)
             elif step.action == planner.PUBLISH:
                 self._publish_next(step)
+                held = planner.held_ttl(self.state(), self.ttl)
                 return (
                     f"{self.cert}: step 1 done: TLSA for the current and the next key served by "
-                    f"every authoritative server; step 2 (finish) from {int(self.ttl)} s on"
+                    f"every authoritative server; step 2 (finish) from {int(held)} s on"
                 )
             else:
                 return f"{self.cert}: step 1 of the rollover to '{label}' is done; run finish"
@@ -277,11 +278,11 @@ class Rollover:
                 raise RolloverError(f"{self.cert}: step 1 did not complete; run start again")
             if step.action == planner.WAIT:
                 self._gate()
+                held = planner.held_ttl(self.state(), self.ttl)
                 raise Waiting(
                     f"{self.cert}: the next record has been served for "
-                    f"{int(self.ttl + planner.SERVED_SINCE_RESOLUTION - step.left)} s of the TTL"
-                    f" ({int(self.ttl)} s); "
-                    f"step 2 in {int(step.left) + 1} s"
+                    f"{int(held + planner.SERVED_SINCE_RESOLUTION - step.left)} s of the TTL"
+                    f" ({int(held)} s); step 2 in {int(step.left) + 1} s"
                 )
             if step.action == planner.SWITCH:
                 if step.gate:

@@ -301,7 +301,8 @@ def test_a_lowered_ttl_waits_for_what_caches_already_hold(
     target, _ = client.follow_cnames(OWNER)
     assert client.served_ttl(target, "TLSA") == 2, "the set is served with the new TTL now"
     clock.now = state["served_since"] + 3  # the new TTL has passed, the old one has not
-    with pytest.raises(rollover.Waiting, match="step 2 in 4 s"):
+    waiting = r"served for 3 s of the TTL \(5 s\); step 2 in 4 s"
+    with pytest.raises(rollover.Waiting, match=waiting):
         r.finish()
     assert "rolled over to '2026-11'" in r.finish(wait=60)
     assert clock.now == state["served_since"] + 1 + 5
