@@ -25,9 +25,10 @@ from operations.facts import (
     ProcessId,
 )
 from operations.util import Upload, q, upload_atomic
-from pkinfra import acme, truststore
+from pkinfra import acme
 from pkinfra import nginx as nginx_core
 from pkinfra.agent import paths
+from pkinfra.install import truststore_command
 from pkinfra.nginx import SITE, SNIPPET
 
 
@@ -75,7 +76,7 @@ def server_trust(pem: str, source: str, current: Any = None):
     why = "changed" if isinstance(have, dict) else "missing"
     _announce(f"ACME server CA from {source}: {why} in {path}; updating the system trust store")
     yield from upload_atomic(path, data, "0644")
-    yield truststore.program()
+    yield truststore_command()
 
 
 @operation()

@@ -40,9 +40,10 @@ from operations.util import (
     ownership_fixes,
     q,
 )
-from pkinfra import dnsupdate, issue, rollover, switch, truststore
+from pkinfra import dnsupdate, issue, rollover
 from pkinfra.agent import paths
 from pkinfra.ca import CAError, CAStore, Issued, PassphraseSource, load_csr
+from pkinfra.install import switch_command, truststore_command
 from pkinfra.keys import spki_sha256
 
 
@@ -943,9 +944,9 @@ def trust(
     if stale:
         # Without --fresh, Debian's update-ca-certificates keeps a deleted local CA's links in
         # /etc/ssl/certs: it clears orphans only when its own configuration adds or removes one.
-        then += [f"rm -f {' '.join(q(p) for p in stale)}", truststore.program(fresh=True)]
+        then += [f"rm -f {' '.join(q(p) for p in stale)}", truststore_command(fresh=True)]
     elif any(p.startswith(issue.TRUST_DIR) for p in files):
-        then.append(truststore.program())
+        then.append(truststore_command())
     yield from _file_commands(files, " && ".join(then) or None, "trust")
 
 
@@ -1144,7 +1145,7 @@ def key_rollover(
         },
     )
     # One atomic step on the host: the directory never holds a key beside another's certificate.
-    yield switch.program(directory, next_dir)
+    yield switch_command(directory, next_dir)
     switched = rollover.SAVES[rollover.CA][rollover.SWITCH]
     yield _write_state(path, {**state, "step": switched, "new": nxt["spki_sha256"]})
 

@@ -18,7 +18,8 @@ in those links, as after a renewal of its own.
 
 This runs on managed hosts with the host's python3, the standard library and the ``openssl``
 command: the agent imports it, and for a CA-issued certificate (whose host may have no agent)
-the controller feeds this file to ``python3 -I -`` (``program``).
+the controller feeds it, with the modules it imports, to ``python3 -I -``
+(``pkinfra.install.switch_command``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import errno
 import fcntl
 import os
 import re
-import shlex
 import shutil
 import signal
 import stat
@@ -39,10 +39,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-try:
-    from pkinfra.agent.errors import PkinfraError
-except ImportError:  # a CA-only host runs this file alone (python3 -I -): no pkinfra to import
-    PkinfraError = Exception  # type: ignore[misc,assignment]
+from pkinfra.agent.errors import PkinfraError
+from pkinfra.agent.files import create, drop_staged, fsync_dir, write_atomic
 
 #: A CA-issued certificate's files (``pkinfra.issue``), the key first.
 CA_FILES = ("key.pem", "cert.pem", "chain.pem", "fullchain.pem", "bundle.pem")
@@ -57,7 +55,6 @@ _VERSIONED = re.compile(r"^(cert|privkey|chain|fullchain)([0-9]+)\.pem$")
 CRASH_VARIABLE = "PKINFRA_SWITCH_CRASH_AT"
 #: How long a lineage switch waits for a running certbot to finish.
 CERTBOT_LOCK_WAIT = 300.0
-_MARKER = "PKINFRA_SWITCH_" + "PROGRAM"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 1 << 1
 
@@ -94,35 +91,10 @@ def exchange(a: Path, b: Path) -> None:
         raise SwitchError(f"cannot exchange {b} with {a}: {os.strerror(code)}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes, uid: int, gid: int, mode: int) -> None:
-    """A new file: made 0600, given its owner and mode before its content, on disk."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _install(path: Path, data: bytes, like: os.stat_result) -> None:
     """``data`` at ``path`` with ``like``'s owner, group and mode: written beside, renamed."""
-    tmp = path.with_name(f".{path.name}.pkinfra-switch")
-    tmp.unlink(missing_ok=True)
-    _write(tmp, data, like.st_uid, like.st_gid, stat.S_IMODE(like.st_mode))
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    drop_staged(path)  # what a killed switch left (certbot's lock is held)
+    write_atomic(path, data, stat.S_IMODE(like.st_mode), (like.st_uid, like.st_gid))
 
 
 def _replicate(source: Path, target: Path, skip: Callable[[str], bool]) -> None:
@@ -141,12 +113,12 @@ def _replicate(source: Path, target: Path, skip: Callable[[str], bool]) -> None:
         elif stat.S_ISDIR(est.st_mode):
             _replicate(src, dst, lambda _: False)
         elif stat.S_ISREG(est.st_mode):
-            _write(dst, src.read_bytes(), est.st_uid, est.st_gid, stat.S_IMODE(est.st_mode))
+            create(dst, src.read_bytes(), stat.S_IMODE(est.st_mode), (est.st_uid, est.st_gid))
         else:
             raise SwitchError(f"{src}: not a file, link or directory; not copying it")
     os.chown(target, st.st_uid, st.st_gid)
     os.chmod(target, stat.S_IMODE(st.st_mode))
-    _fsync_dir(target)
+    fsync_dir(target)
 
 
 def public_key(path: Path, *, cert: bool) -> bytes:
@@ -198,7 +170,7 @@ def swap_in(
         _replicate(live, new, skip)
         crash_point("copied")
         build(new)
-        _fsync_dir(new)
+        fsync_dir(new)
         crash_point("built")
         check(new)
         crash_point("checked")
@@ -206,7 +178,7 @@ def swap_in(
     except Exception:
         shutil.rmtree(new, ignore_errors=True)  # never live: the switch did not happen
         raise
-    _fsync_dir(live.parent)
+    fsync_dir(live.parent)
     crash_point("exchanged")
     # ``new`` holds the old state now; a kill while it goes leaves it to the next switch.
     shutil.rmtree(new, ignore_errors=True)
@@ -229,7 +201,8 @@ def switch_directory(live: Path, source: Path, files: Sequence[str] = CA_FILES) 
         for name in files:
             like = os.stat(live / name) if (live / name).exists() else os.stat(source / name)
             (new / name).unlink(missing_ok=True)
-            _write(new / name, data[name], like.st_uid, like.st_gid, stat.S_IMODE(like.st_mode))
+            owner = (like.st_uid, like.st_gid)
+            create(new / name, data[name], stat.S_IMODE(like.st_mode), owner)
 
     swap_in(live, build, lambda new: check_pair(new / key, [new / n for n in certs]))
     return "switched"
@@ -340,23 +313,7 @@ def _generation(archive: Path, want: dict[str, bytes]) -> int:
     return newest + 1
 
 
-# -- on a host without the agent ----------------------------------------------------------------
-
-
-def python_program(source: str, marker: str, *args: str) -> str:
-    """The shell command that runs the module file ``source`` on a host without installing it:
-    fed to the host's ``python3 -I -`` as a here-document ending at ``marker``, with ``args``
-    (this module, ``pkinfra.truststore``: standard library only, run where no agent is)."""
-    text = Path(source).read_text()
-    assert marker not in text.splitlines(), "the here-document would end early"
-    words = " ".join(shlex.quote(arg) for arg in args)
-    return f"python3 -I - {words} <<'{marker}'\n{text}{marker}\n"
-
-
-def program(live: str, source: str) -> str:
-    """The shell command that switches the CA-issued certificate directory ``live`` to the
-    files of ``source`` on a host: this file, fed to the host's ``python3 -I -``."""
-    return python_program(__file__, _MARKER, "directory", live, source)
+# -- run alone (pkinfra.install.switch_command) ----------------------------------------------
 
 
 def main(argv: Sequence[str]) -> int:

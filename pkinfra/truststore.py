@@ -24,8 +24,9 @@ program on the same trees and compares every link and byte), there are no hooks 
 ``/etc/ca-certificates/update.d`` (a Java keystore's, say), no SELinux ``restorecon`` and a
 configuration file that is not empty. Anywhere else it runs ``update-ca-certificates`` itself.
 
-Standard library only: the controller feeds this file to a host's ``python3 -I -``
-(``program``); a host without python3 runs ``update-ca-certificates``.
+Standard library only: the controller feeds it, with the modules it imports, to a host's
+``python3 -I -`` (``pkinfra.install.truststore_command``); a host without python3 runs
+``update-ca-certificates``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pkinfra.agent.files import write_atomic
 
 #: SHA-256 of the ``update-ca-certificates`` scripts this program reproduces: ca-certificates
 #: 20230311 (Debian 12's first) and 20250419 (Debian 12's update and Debian 13's). Their
@@ -51,7 +54,6 @@ VERIFIED_SCRIPTS = frozenset(
 SCRIPT = "/usr/sbin/update-ca-certificates"
 RESTORECON = "/sbin/restorecon"
 BUNDLE = "ca-certificates.crt"
-_MARKER = "PKINFRA_TRUSTSTORE_" + "PROGRAM"
 
 
 @dataclass(frozen=True)
@@ -185,26 +187,12 @@ def update(layout: Layout = Layout(), fresh: bool = False) -> Result:
     except OSError:
         same = False
     if bundle and not same:
-        new = etc / f"{BUNDLE}.new"
-        new.write_bytes(bundle)
-        new.chmod(0o644)
-        os.replace(new, target)
+        write_atomic(target, bytes(bundle), 0o644)
         result.bundle_changed = True
     return result
 
 
 # -- on a host ----------------------------------------------------------------------------------
-
-
-def program(fresh: bool = False) -> str:
-    """The shell command that brings a host's trust store up to date: this file fed to the
-    host's ``python3 -I -``, or ``update-ca-certificates`` where there is no python3."""
-    from pkinfra.switch import python_program  # on the controller: this file runs alone
-
-    flags = ["--fresh"] if fresh else []
-    run = python_program(__file__, _MARKER, "update", *flags)
-    fallback = " ".join([SCRIPT, *flags])
-    return f"if command -v python3 >/dev/null 2>&1; then {run}else {fallback} >/dev/null; fi"
 
 
 def main(argv: Sequence[str]) -> int:

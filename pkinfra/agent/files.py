@@ -27,12 +27,13 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def stage(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> Path:
-    """``data`` in a new file beside ``path`` with its final mode (and owner: uid, gid), on
-    disk; returns the staged file, for the caller to rename over ``path``."""
-    tmp = path.with_name(f".{path.name}{_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+def create(
+    path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> None:
+    """A new file at ``path`` (never one that exists): its final owner (uid, gid) and mode
+    before its content, all on disk; nothing is left at ``path`` if writing fails."""
     # Created 0600, so the data is never readable by more than the final mode allows.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         if owner is not None:
             os.fchown(fd, *owner)
@@ -43,9 +44,16 @@ def stage(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | N
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def stage(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> Path:
+    """``data`` in a new file beside ``path`` (``create``); returns the staged file, for the
+    caller to rename over ``path``."""
+    tmp = path.with_name(f".{path.name}{_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    create(tmp, data, mode, owner)
     return tmp
 
 

@@ -11,7 +11,7 @@ service that gets copies all along; not one check may fail.
 - web1, ACME lineage ``web``: ``pkinfra-rollover finish`` killed at each step, then run to the
   end; certbot then renews the lineage as its own (the new key kept).
 - db1, CA-issued ``postgres``: the command the rollover operation yields for the switch
-  (``pkinfra.switch.program``) killed at each step, then the operation's runs to the end.
+  (``pkinfra.install.switch_command``) killed at each step, then the operation's runs to the end.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 
 from pkinfra import switch
 from pkinfra.agent import paths
+from pkinfra.install import switch_command
 from pkinfra.model import load_inventory_file
 from tests.helpers import lab_inventory_copy
 from tests.lab.dane_probe import DB1_POSTGRES, DaneProbe
@@ -184,7 +185,7 @@ def test_a_kill_at_every_step_of_a_ca_switch_is_made_good(
     while int(sh(container, "date +%s").stdout) < served_since + ttl + 1:
         time.sleep(1)
 
-    program = switch.program(directory, next_dir)
+    program = switch_command(directory, next_dir)
     live_pair = [f"{directory}/{name}" for name in ("key.pem", "cert.pem", "fullchain.pem")]
     reader = Tlsd(container, "172.29.53.30", 8444, live_pair[2], live_pair[0], "USR2")
     reader.start()

@@ -22,7 +22,7 @@ from typing import Any
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from pkinfra import install, switch, truststore
+from pkinfra import install
 
 FIXTURES = Path(__file__).parent
 
@@ -163,10 +163,10 @@ PLACEHOLDERS = {
     ),
     # The switch program a CA-issued certificate's rollover feeds to the host's python3, as it
     # stands inside a JSON string.
-    "@SWITCH_SOURCE@": json.dumps(Path(switch.__file__).read_text())[1:-1],
+    "@SWITCH_SOURCE@": json.dumps(install.program_body("pkinfra.switch"))[1:-1],
     # The trust store program (pkinfra.truststore) as the trust operations run it.
-    '"@TRUSTSTORE_PROGRAM@"': json.dumps(truststore.program()),
-    "@TRUSTSTORE_FRESH_PROGRAM@": json.dumps(truststore.program(fresh=True))[1:-1],
+    '"@TRUSTSTORE_PROGRAM@"': json.dumps(install.truststore_command()),
+    "@TRUSTSTORE_FRESH_PROGRAM@": json.dumps(install.truststore_command(fresh=True))[1:-1],
 }
 
 

@@ -128,3 +128,50 @@ def test_files_that_cannot_travel_inside_a_command_are_uploaded() -> None:
     # In order, a new batch when the next file would make one too big for a command.
     assert batches == [{"a.py": files["a.py"]}, {"big.py": big, "b.py": files["b.py"]}]
     assert carried_batches({"huge.py": b"x" * INLINE_MAX + b"\n"}) == ([], ["huge.py"])
+
+
+# -- programs for hosts without the agent --------------------------------------------------------
+
+HOST_PROGRAMS = {
+    # module: (its main's usage line, the pkinfra modules it brings, in the order they load)
+    "pkinfra.switch": (
+        "usage: switch.py directory LIVE SOURCE",
+        ["pkinfra", "pkinfra.agent", "pkinfra.agent.errors", "pkinfra.agent.files"],
+    ),
+    "pkinfra.truststore": (
+        "usage: truststore.py update [--fresh]",
+        ["pkinfra", "pkinfra.agent", "pkinfra.agent.files"],
+    ),
+}
+
+
+@pytest.mark.parametrize("module", sorted(HOST_PROGRAMS))
+def test_a_host_program_carries_its_imports_and_runs_with_no_pkinfra_installed(
+    module: str, tmp_path: Path
+) -> None:
+    usage, brought = HOST_PROGRAMS[module]
+    body = install.program_body(module)
+    loaded = [line.split("'")[1] for line in body.splitlines() if "_load('" in line]
+    assert loaded == [*brought, module]
+    # Debian's python3 with neither site-packages nor the environment (-S: not even the
+    # controller's own pkinfra could be found): every import is satisfied by the program.
+    alone = subprocess.run(
+        ["/usr/bin/python3", "-I", "-S", "-", "not-a-command"],
+        input=body,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert (alone.returncode, alone.stderr) == (2, usage + "\n")
+
+
+def test_a_host_program_is_one_here_document_sh_accepts() -> None:
+    command = install.switch_command("/etc/pkinfra/certs/a b", "/etc/pkinfra/certs/a b/next")
+    first, *_, last = command.splitlines()
+    assert first == (
+        "python3 -I - directory '/etc/pkinfra/certs/a b' '/etc/pkinfra/certs/a b/next' "
+        "<<'PKINFRA_SWITCH_PROGRAM'"
+    )
+    assert last == "PKINFRA_SWITCH_PROGRAM"
+    checked = subprocess.run(["sh", "-n", "-c", command], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr

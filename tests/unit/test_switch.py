@@ -1,13 +1,14 @@
 """``kill -9`` at every step of a key switch, then a rerun: the live pair always belongs together.
 
 The switch runs as a host runs it, in its own process: a CA-issued certificate's directory by
-the very command the rollover operation yields (``pkinfra.switch.program``, this file fed to
-the system's ``python3 -I -``), a certbot lineage by ``switch_lineage``. It kills itself with
-SIGKILL at a named step (``PKINFRA_SWITCH_CRASH_AT=test-only:<step>``, the test-only fault
-hook). After each kill a TLS library must load the live key with the live certificate (as a
-service that reloads then would), every live file must be wholly old or wholly new with its
-owner and mode, and a certbot lineage must be what certbot reads as consistent. A rerun then
-finishes the switch, and a further one finds it done.
+the very command the rollover operation yields (``pkinfra.install.switch_command``: the module
+and those it imports, fed to the system's ``python3 -I -``), a certbot lineage by
+``switch_lineage``. It kills itself with SIGKILL at a named step
+(``PKINFRA_SWITCH_CRASH_AT=test-only:<step>``, the test-only fault hook). After each kill a TLS
+library must load the live key with the live certificate (as a service that reloads then would),
+every live file must be wholly old or wholly new with its owner and mode, and a certbot lineage
+must be what certbot reads as consistent. A rerun then finishes the switch, and a further one
+finds it done.
 
 A reader that loads the pair over and over while switches go back and forth never sees a key
 beside another key's certificate.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from pkinfra import switch
+from pkinfra import install, switch
 from tests.helpers import openssl, self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ class CaDir:
         """The operation's command, as the host's shell runs it."""
         env = {**os.environ, switch.CRASH_VARIABLE: f"test-only:{crash}" if crash else ""}
         return subprocess.run(
-            ["sh", "-c", switch.program(str(self.live), str(self.source))],
+            ["sh", "-c", install.switch_command(str(self.live), str(self.source))],
             capture_output=True,
             text=True,
             env=env,

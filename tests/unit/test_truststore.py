@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pkinfra import truststore
+from pkinfra import install, truststore
 from pkinfra.truststore import Layout
 from tests.helpers import self_signed
 
@@ -185,11 +185,21 @@ def test_where_the_script_is_unknown_or_has_hooks_the_script_runs(tmp_path: Path
 
 
 def test_program_is_one_shell_command_with_a_fallback(tmp_path: Path) -> None:
-    command = truststore.program(fresh=True)
+    command = install.truststore_command(fresh=True)
     assert command.startswith("if command -v python3")
     assert "python3 -I - update --fresh <<'PKINFRA_TRUSTSTORE_PROGRAM'" in command
     assert command.endswith(f"else {truststore.SCRIPT} --fresh >/dev/null; fi")
     # The here-document carries this very module, and sh parses the whole command.
-    assert Path(truststore.__file__).read_text() in command
+    assert repr(Path(truststore.__file__).read_text()) in command
     checked = subprocess.run(["sh", "-n", "-c", command], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+    # The program runs alone (-I: no pkinfra to import from the environment): asked for
+    # something it does not do, its own main answers.
+    alone = subprocess.run(
+        ["python3", "-I", "-", "nothing"],
+        input=install.program_body("pkinfra.truststore"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert (alone.returncode, alone.stderr) == (2, "usage: truststore.py update [--fresh]\n")
