@@ -1,11 +1,13 @@
-"""`python -m lab up|down|status|images`: the command line of the Docker lab."""
+"""`python -m lab up|down|status|images|twin`: the command line of the Docker lab."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from lab import twin
 from lab.engine import LabError
 from lab.lifecycle import LabStatus, build_images, down, status, up
 
@@ -27,6 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("down", help="remove the lab's containers and network (keep images)")
     commands.add_parser("status", help="one line per container; non-zero unless fully up")
     commands.add_parser("images", help="build the images if needed; make no container")
+    twin_parser = commands.add_parser(
+        "twin", help="the twin lab (lab/twin.py): a second lab in its own network namespace"
+    )
+    twin_parser.add_argument("action", choices=("up", "run", "down"))
+    twin_parser.add_argument(
+        "argv", nargs=argparse.REMAINDER, help="run: the command, in the twin's work tree"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -38,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "images":
             print("lab: images ready: " + ", ".join(build_images()))
             return 0
+        if args.command == "twin":
+            return _twin(args.action, args.argv)
         result = status()
         _print_status(result)
         return 0 if result.ok else 1
@@ -47,6 +58,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lab: interrupted", file=sys.stderr)
         return 130
+
+
+def _twin(action: str, argv: list[str]) -> int:
+    if action == "down":
+        twin.down()
+        return 0
+    tree = twin.up(build_images())
+    if action == "up":
+        return 0
+    argv = argv[1:] if argv[:1] == ["--"] else argv
+    if not argv:
+        print("lab: twin run needs a command", file=sys.stderr)
+        return 2
+    os.chdir(tree)
+    full = twin.command(argv)
+    os.execvp(full[0], full)
 
 
 if __name__ == "__main__":

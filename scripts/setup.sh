@@ -9,9 +9,10 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # Debian packages: Docker engine, debootstrap for the lab's base image, clients the tests use,
 # BIND for the DNS client's local tests, nginx for the HTTP-01 integration's local tests,
 # Chromium (headless) for the status page as a person sees it, systemd-analyze for the units
-# `pkinfra schedule` renders.
+# `pkinfra schedule` renders, iproute2 (`ip netns`) for the twin lab's network namespace.
 PACKAGES=(docker.io debootstrap openssh-client openssl python3 python3-venv python3-pip
-          bind9 bind9-utils bind9-dnsutils ca-certificates make git nginx chromium systemd)
+          bind9 bind9-utils bind9-dnsutils ca-certificates make git nginx chromium systemd
+          iproute2)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

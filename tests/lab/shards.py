@@ -1,0 +1,52 @@
+"""Which lab test modules run in the twin lab (``lab/twin.py``) during ``make test``.
+
+The lab modules run in two labs side by side: the modules of ``TWIN`` in the twin, every other
+one in the first lab. Each lab is a whole lab (its own DNS primary, ACME server and hosts), so a
+module may go to either; the split only balances the time. A module's time is mostly its waits
+(DNS propagation, certbot, TTLs), so two labs on two cores take about half as long as one.
+
+``MAIN`` keeps the down/up round trip (``test_lab.py``), which must come first in its lab.
+Figures: seconds per module in one lab, from ``pytest --durations=0`` (the run that set this
+split is in issue 13's notes); the first module of each lab also pays for ``lab/site.py``'s
+first deploy (about 40 s).
+
+``python -m tests.lab.shards main|twin`` prints one lab's module files, for scripts/test.sh.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+LAB_TESTS = Path(__file__).resolve().parent
+
+#: Modules for the twin lab, with their measured seconds.
+TWIN = {
+    "test_rollover.py": 115,
+    "test_rollover_kills.py": 71,
+    "test_coexist.py": 40,
+    "test_dns_rotation.py": 14,
+    "test_stranger.py": 11,
+    "test_pki_import.py": 10,
+    "test_ha_pair.py": 9,
+}
+
+
+def modules() -> list[str]:
+    """Every lab test module, by file name."""
+    return sorted(path.name for path in LAB_TESTS.glob("test_*.py"))
+
+
+def shard(name: str) -> list[str]:
+    """The module files (relative to the repository root) of one lab: ``main`` or ``twin``."""
+    if name not in ("main", "twin"):
+        raise ValueError(f"no shard {name!r}: main or twin")
+    chosen = [m for m in modules() if (m in TWIN) == (name == "twin")]
+    return [f"tests/lab/{m}" for m in chosen]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in ("main", "twin"):
+        print("usage: python -m tests.lab.shards main|twin", file=sys.stderr)
+        sys.exit(2)
+    print(" ".join(shard(sys.argv[1])))
