@@ -7,8 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lab import twin
-from lab.engine import LabError
+from lab import images, twin
+from lab.engine import LabError, connect
 from lab.lifecycle import LabStatus, build_images, down, status, up
 
 
@@ -64,7 +64,12 @@ def _twin(action: str, argv: list[str]) -> int:
     if action == "down":
         twin.down()
         return 0
-    tree = twin.up(build_images())
+    # The first lab's lock (which its own `lab up` holds for a while) only to build images.
+    tags = sorted({spec.tag for spec in images.lab_specs().values()})
+    client = connect()
+    if not all(images.image_exists(client, tag) for tag in tags):
+        tags = build_images()
+    tree = twin.up(tags)
     if action == "up":
         return 0
     argv = argv[1:] if argv[:1] == ["--"] else argv

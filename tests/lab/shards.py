@@ -6,9 +6,10 @@ module may go to either; the split only balances the time. A module's time is mo
 (DNS propagation, certbot, TTLs), so two labs on two cores take about half as long as one.
 
 ``MAIN`` keeps the down/up round trip (``test_lab.py``), which must come first in its lab.
-Figures: seconds per module in one lab, from ``pytest --durations=0`` (the run that set this
-split is in issue 13's notes); the first module of each lab also pays for ``lab/site.py``'s
-first deploy (about 40 s).
+Figures: seconds per module with the whole suite in one lab, from ``pytest -m lab
+--durations=0`` (issue 13's notes); the modules left in the first lab add up to about 320 s,
+these to about 270 s. Each lab's first module also pays for ``lab/site.py``'s first deploy
+(about 40 s), and the twin starts later when it must first copy the images (about 35 s).
 
 ``python -m tests.lab.shards main|twin`` prints one lab's module files, for scripts/test.sh.
 """
@@ -22,11 +23,12 @@ LAB_TESTS = Path(__file__).resolve().parent
 
 #: Modules for the twin lab, with their measured seconds.
 TWIN = {
-    "test_rollover.py": 115,
-    "test_rollover_kills.py": 71,
-    "test_coexist.py": 40,
-    "test_dns_rotation.py": 14,
-    "test_stranger.py": 11,
+    "test_rollover.py": 109,
+    "test_rollover_kills.py": 63,
+    "test_coexist.py": 36,
+    "test_dns_rotation.py": 17,
+    "test_stranger.py": 13,
+    "test_http01_admin.py": 12,
     "test_pki_import.py": 10,
     "test_ha_pair.py": 9,
 }
