@@ -7,7 +7,7 @@ module may go to either; the split only balances the time. A module's time is mo
 
 ``MAIN`` keeps the down/up round trip (``test_lab.py``), which must come first in its lab.
 Figures: seconds per module with the whole suite in one lab, from ``pytest -m lab
---durations=0`` (issue 13's notes); the modules left in the first lab add up to about 320 s,
+--durations=0`` (issue 13's notes); the modules left in the first lab add up to about 310 s,
 these to about 270 s. Each lab's first module also pays for ``lab/site.py``'s first deploy
 (about 40 s), and the twin starts later when it must first copy the images (about 35 s).
 
