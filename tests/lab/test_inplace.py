@@ -55,10 +55,10 @@ def inplace(site_deployed: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         tmp_path_factory.mktemp("inplace"),
         {"web": [in_place(WEB1, "web")], "db": [in_place(DB1, "postgres")]},
     )
-    run(inventory, "deploys/services.py", ("web", "db"))
+    out = run(inventory, "deploys/services.py", ("web", "db"))
     # The first sighting tells the service once (README: it cannot know what was loaded).
     for tlsd in HOSTS.values():
-        assert tlsd.reloads() == 1, tlsd.lines()
+        assert tlsd.wait_reloads(1) == 1, f"{tlsd.lines()}\n{out[-5000:]}"
     yield inventory
     for tlsd in HOSTS.values():
         tlsd.stop(forget=True)

@@ -82,6 +82,16 @@ class Tlsd:
     def reloads(self) -> int:
         return sum(f"got SIG{self.signal}: reloaded" in line for line in self.lines())
 
+    def wait_reloads(self, count: int, within: float = 10.0) -> int:
+        """The reloads once there are ``count`` of them, or when ``within`` seconds have passed
+        (a signal is handled a moment after it is sent)."""
+        deadline = time.monotonic() + within
+        seen = self.reloads()
+        while seen < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen = self.reloads()
+        return seen
+
     def served(self) -> x509.Certificate:
         """The certificate the daemon serves now (read over TLS from here)."""
         pem = ssl.get_server_certificate((self.address, self.port), timeout=10)
