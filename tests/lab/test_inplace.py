@@ -50,6 +50,7 @@ def renew(container: str, lineage: str, *env: str, force: bool = True) -> str:
 def inplace(site_deployed: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Both daemons running and known to the delivery agents (a run told each once)."""
     for tlsd in HOSTS.values():
+        tlsd.stop(forget=True)  # never seen by the agent (an earlier session in this lab)
         tlsd.start()
     inventory = inventory_with(
         tmp_path_factory.mktemp("inplace"),
